@@ -1,0 +1,23 @@
+"""ASGI entry point: `daphne realtime_project.asgi:application`.
+
+Django is set up first (get_asgi_application), which runs VoiceConfig.ready() and so loads the
+model before the first connection is accepted; only then is the WebSocket routing imported.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "realtime_project.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from voice.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)

@@ -1,0 +1,11 @@
+"""HTTP routes: the admin for stored conversations, and a health check."""
+
+from django.contrib import admin
+from django.urls import path
+
+from voice import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", views.healthz, name="healthz"),
+]

@@ -1,0 +1,99 @@
+"""What is kept of each Realtime session: the conversation, its items, transcriptions and configs."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Conversation(models.Model):
+    """One Realtime session from connect to disconnect."""
+
+    class Dialect(models.TextChoices):
+        GA = "ga", "GA"
+        BETA = "beta", "beta (realtime=v1)"
+
+    session_id = models.CharField(max_length=64, unique=True)
+    conversation_id = models.CharField(max_length=64, db_index=True)
+    dialect = models.CharField(max_length=8, choices=Dialect.choices)
+    model_name = models.CharField(max_length=255, help_text="The Moshi checkpoint that answered.")
+    model_type = models.CharField(max_length=16, default="sft")
+    requested_model = models.CharField(max_length=255, blank=True, help_text="The model the client asked for.")
+    client_address = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} ({self.started_at:%Y-%m-%d %H:%M})"
+
+
+class ConversationItem(models.Model):
+    """A user or assistant turn (or any other item), with the text that was said or heard."""
+
+    class Role(models.TextChoices):
+        USER = "user", "user"
+        ASSISTANT = "assistant", "assistant"
+        SYSTEM = "system", "system"
+        NONE = "", "(none)"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="items")
+    item_id = models.CharField(max_length=64)
+    item_type = models.CharField(max_length=32, default="message")
+    role = models.CharField(max_length=16, choices=Role.choices, blank=True)
+    status = models.CharField(max_length=16, default="completed")
+    text = models.TextField(blank=True, help_text="Transcript or text; for truncated audio, what was heard.")
+    position = models.PositiveIntegerField(default=0)
+    response_id = models.CharField(max_length=64, blank=True)
+    audio_ms = models.PositiveIntegerField(default=0)
+    truncated_at_ms = models.PositiveIntegerField(null=True, blank=True)
+    deleted = models.BooleanField(default=False, help_text="Deleted from the live conversation by the client.")
+    content = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["conversation", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "item_id"], name="unique_item_per_conversation"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role or self.item_type}: {self.text[:60]}"
+
+
+class Transcription(models.Model):
+    """One input-audio transcription attempt for a user item (its ASR result or failure)."""
+
+    class Status(models.TextChoices):
+        COMPLETED = "completed", "completed"
+        FAILED = "failed", "failed"
+
+    item = models.ForeignKey(ConversationItem, on_delete=models.CASCADE, related_name="transcriptions")
+    text = models.TextField(blank=True)
+    model = models.CharField(max_length=128, blank=True)
+    language = models.CharField(max_length=16, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.text[:60]}"
+
+
+class SessionConfig(models.Model):
+    """Every accepted session configuration (the one at connect, then each session.update)."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="configs")
+    sequence = models.PositiveIntegerField()
+    config = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "sequence"]
+
+    def __str__(self) -> str:
+        return f"config #{self.sequence} of {self.conversation_id}"

@@ -1,0 +1,57 @@
+"""The voice app: loads the ModelManager once per serving process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
+
+log = logging.getLogger(__name__)
+
+SERVING_PROGRAMS = {"daphne", "uvicorn", "hypercorn"}
+
+
+def process_serves(argv: list[str]) -> bool:
+    """True for a server process; migrate, makemigrations, shell and test runs don't want a model."""
+    program = os.path.basename(argv[0]) if argv else ""
+    if program in SERVING_PROGRAMS:
+        return True
+    return program == "manage.py" and len(argv) > 1 and argv[1] == "runserver"
+
+
+class VoiceConfig(AppConfig):
+    name = "voice"
+    verbose_name = "Realtime voice"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401 - registers the system checks
+        from .conf import get_config
+
+        mode = str(get_config()["LOAD_MODEL"]).lower()
+        if mode in {"1", "true", "yes", "on"} or (mode == "auto" and process_serves(sys.argv)):
+            load_models()
+
+
+def load_models() -> None:
+    """Create the process's ModelManager from settings; a model that fails to load stops start-up."""
+    from .conf import demo_dir, get_config
+    from .engine.manager import ManagerConfig, ModelLoadError, install_manager
+
+    config = get_config()
+    manager_config = ManagerConfig(
+        models={"sft": config["SFT_MODEL"], "base": config["BASE_MODEL"], "pretrain": config["PRETRAIN_MODEL"]},
+        demo_dir=demo_dir(),
+        device=config["DEVICE"],
+        max_sessions=int(config["MAX_SESSIONS"]),
+        tick_ms=float(config["TICK_MS"]),
+        inbox_frames=int(config["INPUT_QUEUE_FRAMES"]),
+        compile=str(config["TORCH_COMPILE"]),
+        seed=int(config["SEED"]),
+    )
+    try:
+        install_manager(manager_config)
+    except ModelLoadError as exc:
+        raise ImproperlyConfigured(f"Moshi model failed to load, not starting: {exc}") from exc

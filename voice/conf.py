@@ -1,0 +1,48 @@
+"""The voice app's settings: one VOICE dict in Django settings, merged over these defaults.
+
+Cached, and dropped on Django's setting_changed signal so that override_settings works in tests.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    "SFT_MODEL": "",  # Hub repo id or local folder of the SFT (instruct) model; "" = the demo checkpoint
+    "BASE_MODEL": "",  # optional, selectable per session with ?model_type=base
+    "PRETRAIN_MODEL": "",  # optional, ?model_type=pretrain
+    "DEVICE": "auto",  # auto = cuda when available, else cpu
+    "LOAD_MODEL": "auto",  # auto = when the process serves (daphne, runserver); 1 = always; 0 = never
+    "DEMO_CHECKPOINT_DIR": "var/demo-checkpoint",
+    "MAX_SESSIONS": 8,  # slots per model: concurrent sessions in one batched state
+    "TICK_MS": 80.0,  # one batched step per tick; 0 = step as soon as a frame is ready (tests)
+    "INPUT_QUEUE_FRAMES": 64,  # per-session input bound, in 80 ms frames
+    "MAX_MESSAGE_BYTES": 15 * 1024 * 1024,  # largest client event accepted (OpenAI's limit)
+    "TORCH_COMPILE": "auto",  # auto = on cuda only (compiling on the CPU costs more than it saves)
+    "RESPONSE_ACTIVITY_RMS": 0.02,
+    "RESPONSE_END_SILENCE_MS": 800,
+    "RESPONSE_MAX_MS": 30000,
+    "SEED": 0,
+}
+
+
+@cache
+def get_config() -> dict[str, Any]:
+    return {**DEFAULTS, **getattr(settings, "VOICE", {})}
+
+
+@receiver(setting_changed)
+def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting == "VOICE":
+        get_config.cache_clear()
+
+
+def demo_dir() -> Path:
+    path = Path(get_config()["DEMO_CHECKPOINT_DIR"])
+    return path if path.is_absolute() else Path(settings.BASE_DIR) / path

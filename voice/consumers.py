@@ -1,0 +1,165 @@
+"""RealtimeConsumer: the WebSocket at /v1/realtime. Thin: handshake, JSON in and out, lifecycle.
+
+The protocol lives in voice.protocol.RealtimeSession, the model behind a slot of the ModelManager,
+persistence in SessionRecorder. This class only wires them to one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from .conf import get_config
+from .engine.batched import EngineFailure, Slot
+from .engine.manager import get_manager
+from .protocol import Dialect, Effects, RealtimeSession, SessionOptions
+from .protocol.errors import ProtocolError
+from .protocol.responses import ResponsePolicy
+from .recorder import SessionRecorder
+
+log = logging.getLogger(__name__)
+
+# Close codes: 1000 ends an SDK client's `async for` quietly; 1013 means "try again later".
+CLOSE_TRY_AGAIN = 1013
+CLOSE_POLICY = 4000
+
+
+class RealtimeConsumer(AsyncWebsocketConsumer):
+    session: RealtimeSession | None = None
+    slot: Slot | None = None
+    recorder: SessionRecorder | None = None
+    pump: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        """Pick the dialect, take a model slot, greet with session.created."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope.get("headers", [])}
+        subprotocols: list[str] = self.scope.get("subprotocols", [])
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        dialect = Dialect.from_handshake(headers, subprotocols)
+        # Echo `realtime` only when offered: the Python SDK offers none and fails on an unasked one.
+        await self.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
+
+        model_type = query.get("model_type", ["sft"])[0]
+        manager = get_manager()
+        if manager is None or not manager.ready:
+            await self._refuse(dialect, "server_error", "The model is not loaded in this process.", 1011, "server_error")
+            return
+        if model_type not in manager.engines:
+            loaded = ", ".join(sorted(manager.engines))
+            await self._refuse(
+                dialect, "invalid_model", f"Model type '{model_type}' is not loaded here; loaded: {loaded}.",
+                CLOSE_POLICY, "invalid_request_error", param="model_type",
+            )
+            return
+        slot = manager.acquire(model_type, asyncio.get_running_loop())
+        if slot is None:
+            await self._refuse(
+                dialect, "server_busy",
+                "Every session slot of this server is in use; try again later.", CLOSE_TRY_AGAIN, "server_error",
+            )
+            return
+        self.slot = slot
+        config = get_config()
+        self.session = RealtimeSession(
+            SessionOptions(
+                dialect=dialect,
+                model_name=manager.model_name(model_type),
+                policy=ResponsePolicy(
+                    activity_rms=float(config["RESPONSE_ACTIVITY_RMS"]),
+                    end_silence_ms=int(config["RESPONSE_END_SILENCE_MS"]),
+                    max_ms=int(config["RESPONSE_MAX_MS"]),
+                ),
+            )
+        )
+        client = self.scope.get("client") or ("", 0)
+        self.recorder = SessionRecorder(
+            session_id=self.session.session_id,
+            conversation_id=self.session.conversation_id,
+            dialect=dialect.value,
+            model_name=manager.model_name(model_type),
+            model_type=model_type,
+            requested_model=query.get("model", [""])[0],
+            client_address=f"{client[0]}:{client[1]}" if client[0] else "",
+        )
+        self.recorder.start()
+        await self._apply(self.session.start())
+        self.pump = asyncio.create_task(self._pump_model_output(), name="model-output")
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """One client event: the session decides, we send what it says and feed the model."""
+        if self.session is None:
+            return
+        if text_data is None:
+            error = ProtocolError("invalid_event", "Binary frames are not supported; send JSON text events.")
+            await self._send_events([self.session.events.error(error, None)])
+            return
+        if len(text_data) > int(get_config()["MAX_MESSAGE_BYTES"]):
+            error = ProtocolError(
+                "invalid_event", f"Event is larger than this server's limit of {get_config()['MAX_MESSAGE_BYTES']} bytes."
+            )
+            await self._send_events([self.session.events.error(error, None)])
+            return
+        await self._apply(self.session.receive(text_data))
+
+    async def disconnect(self, code: int) -> None:
+        """Free the slot at once, then store what is left and close the conversation."""
+        if self.pump is not None:
+            self.pump.cancel()
+        if self.slot is not None:
+            self.slot.release()
+        if self.session is not None and self.recorder is not None:
+            await self.recorder.add(self.session.close().records)
+            await self.recorder.close(reason=f"disconnect:{code}")
+        self.session = None
+
+    # --- internals ----------------------------------------------------------------------------
+
+    async def _apply(self, effects: Effects) -> None:
+        assert self.session is not None and self.slot is not None
+        overflow = False
+        for frame in effects.frames:
+            if not self.slot.push(frame):
+                overflow = True
+        if overflow:
+            error = ProtocolError(
+                "input_audio_buffer_overflow",
+                "Audio arrives faster than real time and the input queue is full; the excess was dropped.",
+                type="server_error",
+            )
+            effects.events.append(self.session.events.error(error, None))
+        self.slot.set_keep_running(self.session.wants_output)
+        await self._send_events(effects.events)
+        if effects.records and self.recorder is not None:
+            await self.recorder.add(effects.records)
+
+    async def _send_events(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            await self.send(text_data=json.dumps(event))
+
+    async def _pump_model_output(self) -> None:
+        """Turn each frame the model produced for this slot into response events."""
+        assert self.slot is not None and self.session is not None
+        while True:
+            item = await self.slot.outbox.get()
+            if self.session is None:
+                return
+            if isinstance(item, EngineFailure):
+                error = ProtocolError("model_error", item.message, type="server_error")
+                await self._send_events([self.session.events.error(error, None)])
+                continue
+            await self._apply(self.session.model_output(item.text, item.pcm))
+
+    async def _refuse(
+        self, dialect: Dialect, code: str, message: str, close_code: int, error_type: str, param: str | None = None
+    ) -> None:
+        """Tell the client why in an `error` event, then close, before any session state exists."""
+        from .protocol.events import EventFactory
+
+        error = ProtocolError(code, message, param=param, type=error_type)
+        await self.send(text_data=json.dumps(EventFactory(dialect).error(error, None)))
+        await self.close(code=close_code, reason=f"{error_type}.{code}"[:120])

@@ -1,0 +1,299 @@
+"""One model, many sessions: a fixed set of slots stepped together on an inference thread.
+
+Moshi's streaming state has a batch dimension. Each live session owns one slot of it; every tick
+the thread takes one frame from each slot that has one ready (or that must keep talking), runs one
+batched Mimi encode -> LMGen step -> Mimi decode, and hands each slot its own text and audio back
+on the event loop. Slots without input are skipped with ``set_exec_mask``; a new session restarts
+only its own slot with ``reset_streaming(mask)``. LMGen runs with ``support_out_of_sync=True`` so a
+restart does not stall the other slots (see DESIGN.md); a restarted slot's first outputs carry the
+ungenerated token id and are skipped for that slot alone.
+
+Model work never runs on the event loop: the loop only appends to a slot's bounded inbox and reads
+results from its bounded outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from moshi.models import LMGen
+from moshi.utils.compile import no_compile
+
+from .checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
+
+FRAME_SAMPLES = 1920
+TEXT_PADDING_IDS = (0, 3)
+OUTBOX_FRAMES = 64
+
+
+@dataclass
+class FrameOutput:
+    """One frame of a slot's output: a text piece (None for padding) and 1920 float32 samples."""
+
+    text: str | None
+    pcm: np.ndarray
+    latency_s: float
+
+
+@dataclass
+class EngineFailure:
+    message: str
+
+
+class Slot:
+    """A session's place in the batch. The event loop writes frames in and reads outputs here."""
+
+    def __init__(self, engine: BatchedEngine, index: int, loop: asyncio.AbstractEventLoop, inbox_frames: int) -> None:
+        self.engine = engine
+        self.index = index
+        self.loop = loop
+        self.inbox_frames = inbox_frames
+        self._inbox: collections.deque[tuple[np.ndarray, float]] = collections.deque()
+        self.outbox: asyncio.Queue[FrameOutput | EngineFailure] = asyncio.Queue(maxsize=OUTBOX_FRAMES)
+        self.keep_running = False  # set while a response is open: step on silence when no audio came
+        self.fresh = True  # the next frame is the slot's first after a restart
+        self.released = False
+        self.dropped_outputs = 0
+
+    def push(self, frame: np.ndarray) -> bool:
+        """Queue one input frame; False when the inbox is full (the client sends faster than real time)."""
+        with self.engine.lock:
+            if len(self._inbox) >= self.inbox_frames:
+                return False
+            self._inbox.append((frame, time.perf_counter()))
+            self.engine.wake.notify()
+        return True
+
+    @property
+    def queued_frames(self) -> int:
+        return len(self._inbox)
+
+    def set_keep_running(self, value: bool) -> None:
+        with self.engine.lock:
+            self.keep_running = value
+            if value:
+                self.engine.wake.notify()
+
+    def release(self) -> None:
+        self.engine.release(self)
+
+    # Called on the inference thread with engine.lock held.
+    def _take(self) -> tuple[np.ndarray, float] | None:
+        if self._inbox:
+            return self._inbox.popleft()
+        if self.keep_running:
+            return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter()
+        return None
+
+    # Called on the event loop (via call_soon_threadsafe).
+    def _deliver(self, item: FrameOutput | EngineFailure) -> None:
+        if self.released:
+            return
+        if self.outbox.full():
+            # The client reads more slowly than the model speaks: drop the oldest frame, never grow.
+            self.outbox.get_nowait()
+            self.dropped_outputs += 1
+        self.outbox.put_nowait(item)
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    last_step_s: float = 0.0
+    step_seconds: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
+
+
+class BatchedEngine:
+    """The batched streaming state of one loaded model and the thread that steps it."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        batch_size: int,
+        tick_s: float,
+        inbox_frames: int,
+        compile: bool,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.tick_s = tick_s
+        self.inbox_frames = inbox_frames
+        self.compile = compile
+        self.device = next(model.lm.parameters()).device
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.slots: list[Slot | None] = [None] * batch_size
+        self._pending_reset = torch.zeros(batch_size, dtype=torch.bool)
+        self.stats = EngineStats()
+        self._stop = False
+        torch.manual_seed(seed)
+        self.lm_gen = LMGen(model.lm, support_out_of_sync=True, **model.info.lm_gen_config)
+        self.model.mimi.streaming_forever(batch_size)
+        self.lm_gen.streaming_forever(batch_size)
+        self._thread = threading.Thread(target=self._run, name=f"moshi-{model.name}", daemon=True)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.warmup()
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self.lock:
+            self._stop = True
+            self.wake.notify()
+        self._thread.join(timeout=5)
+
+    def warmup(self, frames: int = 4) -> None:
+        """Run a few batched steps on silence before the first session (compiles kernels on GPU)."""
+        started = time.perf_counter()
+        with self._compile_context():
+            everyone = torch.ones(self.batch_size, dtype=torch.bool)
+            for _ in range(frames):
+                self._step(torch.zeros(self.batch_size, 1, FRAME_SAMPLES), everyone, everyone)
+            self.model.mimi.reset_streaming()
+            self.lm_gen.reset_streaming()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        log.info("warm-up of %s (batch %d) took %.1fs", self.model.name, self.batch_size, time.perf_counter() - started)
+
+    # --- slots --------------------------------------------------------------------------------
+
+    def acquire(self, loop: asyncio.AbstractEventLoop) -> Slot | None:
+        """A free slot, restarted for a new session, or None when every slot is taken."""
+        with self.lock:
+            for index, taken in enumerate(self.slots):
+                if taken is None:
+                    slot = Slot(self, index, loop, self.inbox_frames)
+                    self.slots[index] = slot
+                    self._pending_reset[index] = True
+                    return slot
+        return None
+
+    def release(self, slot: Slot) -> None:
+        with self.lock:
+            slot.released = True
+            slot.keep_running = False
+            if self.slots[slot.index] is slot:
+                self.slots[slot.index] = None
+
+    @property
+    def slots_in_use(self) -> int:
+        with self.lock:
+            return sum(slot is not None for slot in self.slots)
+
+    # --- the inference thread -----------------------------------------------------------------
+
+    def _compile_context(self) -> contextlib.ExitStack:
+        """no_grad, plus moshi's no_compile where torch.compile would cost more than it saves (CPU)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        if not self.compile:
+            stack.enter_context(no_compile())
+        return stack
+
+    def _run(self) -> None:
+        with self._compile_context():
+            next_tick = time.perf_counter()
+            while True:
+                batch = self._collect(next_tick)
+                if batch is None:
+                    return
+                inputs, exec_mask, fresh_mask, owners, enqueued = batch
+                started = time.perf_counter()
+                try:
+                    outputs = self._step(inputs, exec_mask, fresh_mask)
+                except Exception as exc:  # noqa: BLE001 - one failed step must not kill every session
+                    log.exception("model step failed")
+                    for slot in owners.values():
+                        slot.loop.call_soon_threadsafe(slot._deliver, EngineFailure(f"model step failed: {exc}"))
+                    continue
+                finally:
+                    self.stats.steps += 1
+                    self.stats.last_step_s = time.perf_counter() - started
+                    self.stats.step_seconds.append(self.stats.last_step_s)
+                done = time.perf_counter()
+                for index, (text, pcm) in outputs.items():
+                    slot = owners.get(index)
+                    if slot is not None:
+                        item = FrameOutput(text=text, pcm=pcm, latency_s=done - enqueued[index])
+                        slot.loop.call_soon_threadsafe(slot._deliver, item)
+                next_tick = max(next_tick + self.tick_s, done - self.tick_s)
+
+    def _collect(self, next_tick: float):
+        """Wait for the tick and gather one frame per ready slot; None when stopping."""
+        with self.lock:
+            while True:
+                if self._stop:
+                    return None
+                now = time.perf_counter()
+                ready = [s for s in self.slots if s is not None and (s._inbox or s.keep_running)]
+                if ready and now >= next_tick:
+                    break
+                timeout = max(next_tick - now, 0.0) if ready else None
+                self.wake.wait(timeout=timeout if timeout is not None else 1.0)
+            inputs = torch.zeros(self.batch_size, 1, FRAME_SAMPLES)
+            exec_mask = torch.zeros(self.batch_size, dtype=torch.bool)
+            fresh_mask = torch.zeros(self.batch_size, dtype=torch.bool)
+            owners: dict[int, Slot] = {}
+            enqueued: dict[int, float] = {}
+            for slot in ready:
+                taken = slot._take()
+                if taken is None:
+                    continue
+                frame, at = taken
+                inputs[slot.index, 0] = torch.from_numpy(frame)
+                exec_mask[slot.index] = True
+                fresh_mask[slot.index] = slot.fresh
+                slot.fresh = False
+                owners[slot.index] = slot
+                enqueued[slot.index] = at
+            resets = self._pending_reset.clone()
+            self._pending_reset[:] = False
+        if resets.any():
+            self.model.mimi.reset_streaming(resets)
+            self.lm_gen.reset_streaming(resets)
+        return inputs, exec_mask, fresh_mask, owners, enqueued
+
+    def _step(
+        self, inputs: torch.Tensor, exec_mask: torch.Tensor, fresh_mask: torch.Tensor
+    ) -> dict[int, tuple[str | None, np.ndarray]]:
+        """One batched encode -> LM step -> decode; returns each executed slot's valid output."""
+        mimi, lm_gen = self.model.mimi, self.lm_gen
+        device_mask = exec_mask.to(self.device)
+        mimi.set_exec_mask(device_mask)
+        codes = mimi.encode(inputs.to(self.device))
+        if fresh_mask.any():
+            # As in moshi's server: a stream's first frame is in the model's past; re-apply the
+            # encoder's left padding on the next frame by restarting Mimi for those slots only.
+            mimi.reset_streaming(fresh_mask.to(self.device))
+        lm_gen.set_exec_mask(device_mask)
+        tokens = lm_gen.step(codes)
+        if tokens is None:
+            return {}
+        valid = device_mask & (tokens[:, :, 0] >= 0).all(dim=1)
+        if not valid.any():
+            return {}
+        mimi.set_exec_mask(valid)
+        pcm = mimi.decode(tokens[:, 1:].clamp(min=0)).float().cpu().numpy()
+        text_ids = tokens[:, 0, 0].cpu().tolist()
+        results: dict[int, tuple[str | None, np.ndarray]] = {}
+        for index in torch.nonzero(valid.cpu()).flatten().tolist():
+            text_id = text_ids[index]
+            text = None
+            if text_id not in TEXT_PADDING_IDS:
+                text = self.model.tokenizer.id_to_piece(text_id).replace("\u2581", " ")
+            results[index] = (text, pcm[index, 0].copy())
+        return results

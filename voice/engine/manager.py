@@ -1,0 +1,111 @@
+"""ModelManager: the process-wide owner of the loaded models, one batched engine per model type.
+
+Created once per serving process (VoiceConfig.ready). Sessions ask it for a slot of the model type
+they chose (sft, base or pretrain); the SFT model is required, the other two are optional.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .batched import BatchedEngine, Slot
+from .checkpoint import ModelLoadError, load_model, resolve_device
+from .demo_checkpoint import write_demo_checkpoint
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPES = ("sft", "base", "pretrain")
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    """What the manager needs from settings (see voice/conf.py)."""
+
+    models: dict[str, str]  # model type -> Hub repo id or local folder; "" = not configured
+    demo_dir: Path
+    device: str = "auto"
+    max_sessions: int = 8
+    tick_ms: float = 80.0
+    inbox_frames: int = 64
+    compile: str = "auto"
+    seed: int = 0
+
+
+class ModelManager:
+    def __init__(self, config: ManagerConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.engines: dict[str, BatchedEngine] = {}
+        self.ready = False
+
+    def load(self) -> None:
+        """Load every configured model, warm it up and start its inference thread.
+
+        Raises ModelLoadError with the cause when a configured model cannot be loaded: a server
+        that silently fell back to another model would answer with the wrong voice.
+        """
+        references = dict(self.config.models)
+        if not references.get("sft"):
+            demo = self.config.demo_dir
+            if not (demo / "config.json").is_file():
+                log.warning("no SFT_MODEL configured and no demo checkpoint yet: writing one to %s", demo)
+                write_demo_checkpoint(demo)
+            log.warning(
+                "no SFT_MODEL configured: serving the DEMO checkpoint at %s (random weights, its output is noise)", demo
+            )
+            references["sft"] = str(demo)
+        compile_models = self.config.compile == "on" or (self.config.compile == "auto" and self.device.type == "cuda")
+        for model_type in MODEL_TYPES:
+            reference = references.get(model_type)
+            if not reference:
+                continue
+            model = load_model(reference, self.device)
+            engine = BatchedEngine(
+                model,
+                batch_size=self.config.max_sessions,
+                tick_s=self.config.tick_ms / 1000.0,
+                inbox_frames=self.config.inbox_frames,
+                compile=compile_models,
+                seed=self.config.seed,
+            )
+            engine.start()
+            self.engines[model_type] = engine
+            log.info("model type %s ready: %s on %s, %d slots", model_type, model.name, self.device, self.config.max_sessions)
+        self.ready = True
+
+    def model_name(self, model_type: str) -> str:
+        return self.engines[model_type].model.name
+
+    def acquire(self, model_type: str, loop: asyncio.AbstractEventLoop) -> Slot | None:
+        """A slot of that model type, or None when all are taken. KeyError if the type is not loaded."""
+        return self.engines[model_type].acquire(loop)
+
+    def stop(self) -> None:
+        for engine in self.engines.values():
+            engine.stop()
+
+
+_manager: ModelManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> ModelManager | None:
+    return _manager
+
+
+def install_manager(config: ManagerConfig) -> ModelManager:
+    """Create and load the process's manager once; later calls return the same one."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            manager = ModelManager(config)
+            manager.load()
+            _manager = manager
+        return _manager
+
+
+__all__ = ["MODEL_TYPES", "ManagerConfig", "ModelLoadError", "ModelManager", "get_manager", "install_manager"]

@@ -1,0 +1,45 @@
+"""What the session asks to be stored. Plain values; the consumer hands them to transcripts.services.
+
+Keeping these as data (not ORM calls) keeps the protocol free of Django and lets one writer task
+store them in batches, off the audio path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConfigAccepted:
+    session: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ItemStored:
+    """An item as it stands now (created or final); stored by its item id, so later versions replace it."""
+
+    item_id: str
+    item_type: str
+    role: str
+    status: str
+    text: str
+    position: int
+    response_id: str | None = None
+    audio_ms: int = 0
+    content: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ItemDeleted:
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ItemTruncated:
+    item_id: str
+    audio_end_ms: int
+    heard_text: str
+
+
+Record = ConfigAccepted | ItemStored | ItemDeleted | ItemTruncated

@@ -1,0 +1,411 @@
+"""RealtimeSession: the protocol state machine of one connection.
+
+It takes client events (raw JSON text) and model output frames and returns Effects: server events
+to send, audio frames for the model, and records to store. It never raises for bad input: every
+ProtocolError becomes an `error` event naming the offending client event, and the session goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pydantic
+from openai.types.beta.realtime.realtime_client_event import RealtimeClientEvent as BetaClientEvent
+from openai.types.realtime.realtime_client_event import RealtimeClientEvent as GAClientEvent
+
+from . import records, session_config
+from .audio import FRAME_MS, SAMPLE_RATE, FrameAssembler, decode_pcm16, encode_pcm16, rms
+from .conversation import Conversation
+from .dialect import Dialect
+from .errors import ProtocolError
+from .events import EventFactory
+from .ids import new_id
+from .responses import Response, ResponsePolicy
+
+log = logging.getLogger(__name__)
+
+MIN_COMMIT_MS = 100
+
+
+def _models_by_type(union: Any) -> dict[str, type[pydantic.BaseModel]]:
+    members = typing.get_args(typing.get_args(union)[0])
+    return {typing.get_args(m.model_fields["type"].annotation)[0]: m for m in members}
+
+
+_CLIENT_MODELS = {Dialect.GA: _models_by_type(GAClientEvent), Dialect.BETA: _models_by_type(BetaClientEvent)}
+
+# Settings that are accepted and reflected but that Moshi cannot act on; logged once per process.
+_IGNORED_SETTINGS: set[str] = set()
+
+
+@dataclass
+class Effects:
+    """What one call into the session produced."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+    records: list[records.Record] = field(default_factory=list)
+
+    def extend(self, other: Effects) -> None:
+        self.events.extend(other.events)
+        self.frames.extend(other.frames)
+        self.records.extend(other.records)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    dialect: Dialect
+    model_name: str
+    instructions: str = "You are Moshi, a friendly voice assistant."
+    policy: ResponsePolicy = field(default_factory=ResponsePolicy)
+
+
+class RealtimeSession:
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self.dialect = options.dialect
+        self.policy = options.policy
+        self.events = EventFactory(options.dialect)
+        self.session_id = new_id("sess")
+        self.conversation_id = new_id("conv")
+        self.config = session_config.default_session(
+            session_id=self.session_id, model=options.model_name, instructions=options.instructions
+        )
+        self.conversation = Conversation()
+        self.response: Response | None = None
+        self._frames = FrameAssembler()
+        self._buffered_samples = 0
+        self._positions = 0
+        # Text of responses whose audio the client truncated, so their stored text is what was heard.
+        self._heard: dict[str, str] = {}
+        self._handlers: dict[str, Callable[[dict[str, Any]], Effects]] = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "conversation.item.retrieve": self._item_retrieve,
+            "conversation.item.truncate": self._item_truncate,
+            "conversation.item.delete": self._item_delete,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+            "output_audio_buffer.clear": lambda event: Effects(),
+        }
+
+    # --- entry points -------------------------------------------------------------------------
+
+    def start(self) -> Effects:
+        """The greeting: `session.created` (and, in beta, `conversation.created`)."""
+        effects = Effects(events=[self.events.session_created(self.config)])
+        if self.dialect is Dialect.BETA:
+            effects.events.append(self.events.conversation_created(self.conversation_id))
+        effects.records.append(records.ConfigAccepted(session=self.config))
+        return effects
+
+    def receive(self, text: str | bytes) -> Effects:
+        """Handle one client frame; bad input gives an `error` event and changes nothing else."""
+        event_id: str | None = None
+        try:
+            event = self._parse(text)
+            event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            handler = self._handlers.get(event["type"])
+            if handler is None:
+                raise ProtocolError(
+                    "invalid_value",
+                    f"Invalid value: '{event['type']}'. Supported values are: {', '.join(sorted(self._handlers))}.",
+                    param="type",
+                )
+            return handler(event)
+        except ProtocolError as exc:
+            return Effects(events=[self.events.error(exc, event_id)])
+
+    def model_output(self, text: str | None, pcm: np.ndarray | None) -> Effects:
+        """One 80 ms frame of model output: a text piece (None for padding) and its audio."""
+        effects = Effects()
+        active = text is not None or (pcm is not None and rms(pcm) > self.policy.activity_rms)
+        if self.response is None:
+            turn = session_config.turn_detection(self.config)
+            if not (active and turn is not None and turn.get("create_response", True)):
+                return effects
+            effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
+        response = self.response
+        assert response is not None
+        if response.audio and pcm is not None:
+            effects.events.append(self.events.audio_delta(response.ref, encode_pcm16(pcm)))
+        if text:
+            response.text_tokens += 1
+            response.pieces.append((response.frames, text))
+            if response.audio:
+                effects.events.append(self.events.transcript_delta(response.ref, text))
+            else:
+                effects.events.append(self.events.text_delta(response.ref, text))
+        if response.observe(active, self.policy):
+            effects.extend(self._close_response("completed", None))
+        elif response.budget_exhausted(self.policy):
+            effects.extend(self._close_response("incomplete", "max_output_tokens"))
+        return effects
+
+    def close(self) -> Effects:
+        """The client is gone: finish what is open so that nothing said is lost."""
+        if self.response is None:
+            return Effects()
+        return self._close_response("cancelled", "client_cancelled")
+
+    @property
+    def wants_output(self) -> bool:
+        """True while a response is open: the model must keep stepping even without client audio."""
+        return self.response is not None
+
+    # --- parsing ------------------------------------------------------------------------------
+
+    def _parse(self, text: str | bytes) -> dict[str, Any]:
+        try:
+            event = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            raise ProtocolError("invalid_event", "The server could not parse the event: it is not valid JSON.") from None
+        if not isinstance(event, dict):
+            raise ProtocolError("invalid_event", "An event must be a JSON object.")
+        if "type" not in event:
+            raise ProtocolError("invalid_event", "Missing required parameter: 'type'.", param="type")
+        if not isinstance(event["type"], str):
+            raise ProtocolError("invalid_event", "Invalid type for 'type': expected a string.", param="type")
+        return event
+
+    def _validate(self, event: dict[str, Any]) -> None:
+        """Check a client event against the SDK's model for its type in this dialect."""
+        model = _CLIENT_MODELS[self.dialect].get(event["type"])
+        if model is None:
+            return
+        try:
+            model.model_validate(event)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            path = session_config._input_path(event, first["loc"])
+            param = ".".join(str(p) for p in path) or None
+            if first["type"] == "missing":
+                missing = ".".join(str(p) for p in first["loc"] if isinstance(p, str | int))
+                raise ProtocolError("missing_required_parameter", f"Missing required parameter: '{missing}'.", param=missing) from None
+            raise ProtocolError("invalid_value", f"Invalid value for '{param}': {first['msg']}.", param=param) from None
+
+    # --- session ------------------------------------------------------------------------------
+
+    def _session_update(self, event: dict[str, Any]) -> Effects:
+        if "session" not in event:
+            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'session'.", param="session")
+        self.config = session_config.apply_update(self.config, event["session"], self.dialect)
+        self._log_ignored(event["session"])
+        return Effects(events=[self.events.session_updated(self.config)], records=[records.ConfigAccepted(self.config)])
+
+    def _log_ignored(self, update: dict[str, Any]) -> None:
+        flat = json.dumps(update)
+        for name in ("voice", "speed", "tools", "tracing", "noise_reduction", "temperature", "instructions"):
+            if f'"{name}"' in flat and name not in _IGNORED_SETTINGS:
+                _IGNORED_SETTINGS.add(name)
+                log.info("session setting %r is accepted and stored, but Moshi does not act on it", name)
+
+    # --- input audio --------------------------------------------------------------------------
+
+    def _append(self, event: dict[str, Any]) -> Effects:
+        if "audio" not in event:
+            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'audio'.", param="audio")
+        samples = decode_pcm16(event["audio"])
+        self._buffered_samples += samples.size
+        return Effects(frames=self._frames.push(samples))
+
+    def _commit(self, event: dict[str, Any]) -> Effects:
+        buffered_ms = self._buffered_samples * 1000 // SAMPLE_RATE
+        if buffered_ms < MIN_COMMIT_MS:
+            raise ProtocolError(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, "
+                f"but buffer only has {buffered_ms:.2f}ms of audio.",
+            )
+        self._buffered_samples = 0
+        item = {
+            "id": new_id("item"),
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": None}],
+            "object": "realtime.item",
+        }
+        previous = self.conversation.insert(item)
+        effects = Effects(events=[self.events.input_audio_buffer_committed(item["id"], previous)])
+        effects.events.extend(self.events.item_entered(item, previous))
+        effects.records.append(self._item_record(item, audio_ms=buffered_ms))
+        return effects
+
+    def _clear(self, event: dict[str, Any]) -> Effects:
+        self._buffered_samples = 0
+        self._frames.clear()
+        return Effects(events=[self.events.input_audio_buffer_cleared()])
+
+    # --- conversation items -------------------------------------------------------------------
+
+    def _item_create(self, event: dict[str, Any]) -> Effects:
+        self._validate(event)
+        item = dict(event["item"])
+        item.setdefault("id", new_id("item"))
+        if not item["id"]:
+            item["id"] = new_id("item")
+        item.setdefault("object", "realtime.item")
+        item.setdefault("status", "completed")
+        previous = self.conversation.insert(item, event.get("previous_item_id"))
+        effects = Effects(events=self.events.item_entered(item, previous))
+        effects.records.append(self._item_record(item))
+        return effects
+
+    def _item_retrieve(self, event: dict[str, Any]) -> Effects:
+        self._validate(event)
+        return Effects(events=[self.events.item_retrieved(self.conversation.snapshot(event["item_id"]))])
+
+    def _item_truncate(self, event: dict[str, Any]) -> Effects:
+        self._validate(event)
+        item_id = event["item_id"]
+        item = self.conversation.get(item_id, "item_truncate_invalid_item_id", "truncating")
+        if item.get("role") != "assistant":
+            raise ProtocolError(
+                "invalid_value", "Only assistant message items can be truncated.", param="item_id"
+            )
+        if event["content_index"] != 0:
+            raise ProtocolError("invalid_value", "Invalid value for 'content_index': this item has one part.", param="content_index")
+        audio_end_ms = int(event["audio_end_ms"])
+        response = self.response if self.response and self.response.item_id == item_id else None
+        audio_ms = response.audio_ms if response else int(item.get("_audio_ms", 0))
+        if audio_end_ms < 0 or audio_end_ms > audio_ms:
+            raise ProtocolError(
+                "invalid_value",
+                f"Audio content of {audio_ms}ms is shorter than {audio_end_ms}ms.",
+                param="audio_end_ms",
+            )
+        if response is not None:
+            heard = response.heard_text(audio_end_ms)
+        else:
+            heard = self._heard_text(item, audio_end_ms)
+        self._heard[item_id] = heard
+        for part in item.get("content", []):
+            if "transcript" in part:
+                part["transcript"] = heard
+        return Effects(
+            events=[self.events.item_truncated(item_id, 0, audio_end_ms)],
+            records=[records.ItemTruncated(item_id=item_id, audio_end_ms=audio_end_ms, heard_text=heard)],
+        )
+
+    @staticmethod
+    def _heard_text(item: dict[str, Any], audio_end_ms: int) -> str:
+        pieces: list[tuple[int, str]] = item.get("_pieces", [])
+        return "".join(text for frame, text in pieces if frame * FRAME_MS < audio_end_ms)
+
+    def _item_delete(self, event: dict[str, Any]) -> Effects:
+        self._validate(event)
+        self.conversation.delete(event["item_id"])
+        return Effects(events=[self.events.item_deleted(event["item_id"])], records=[records.ItemDeleted(event["item_id"])])
+
+    def _item_record(self, item: dict[str, Any], *, audio_ms: int = 0, response_id: str | None = None) -> records.ItemStored:
+        self._positions += 1
+        content = [dict(part) for part in item.get("content", [])]
+        text = " ".join(
+            str(part.get("text") or part.get("transcript") or part.get("output") or "") for part in content
+        ).strip() or str(item.get("output") or item.get("arguments") or "")
+        return records.ItemStored(
+            item_id=item["id"],
+            item_type=item.get("type", "message"),
+            role=item.get("role", ""),
+            status=item.get("status", "completed"),
+            text=self._heard.get(item["id"], text),
+            position=self._positions,
+            response_id=response_id,
+            audio_ms=audio_ms,
+            content=content,
+        )
+
+    # --- responses ----------------------------------------------------------------------------
+
+    def _response_create(self, event: dict[str, Any]) -> Effects:
+        self._validate(event)
+        if self.response is not None:
+            raise ProtocolError(
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {self.response.id}. "
+                "Wait until the response is finished before creating a new one.",
+            )
+        params = event.get("response") or {}
+        if params.get("tool_choice") == "required":
+            raise ProtocolError(
+                "invalid_value",
+                "tool_choice 'required' cannot be honoured: Moshi does not call tools.",
+                param="response.tool_choice",
+            )
+        return self._open_response(
+            metadata=params.get("metadata"),
+            conversation=params.get("conversation", "auto") != "none",
+            overrides=params,
+        )
+
+    def _response_cancel(self, event: dict[str, Any]) -> Effects:
+        self._validate(event)
+        wanted = event.get("response_id")
+        if self.response is None or (wanted and wanted != self.response.id):
+            raise ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found")
+        return self._close_response("cancelled", "client_cancelled")
+
+    def _open_response(self, *, metadata: dict[str, Any] | None, conversation: bool, overrides: dict[str, Any]) -> Effects:
+        modalities = overrides.get("output_modalities") or overrides.get("modalities") or self.config["output_modalities"]
+        response = Response(
+            dialect=self.dialect,
+            audio="audio" in modalities,
+            conversation_id=self.conversation_id if conversation else None,
+            metadata=metadata,
+            max_output_tokens=overrides.get("max_output_tokens", overrides.get("max_response_output_tokens", self.config["max_output_tokens"])),
+            session=self.config,
+        )
+        self.response = response
+        item = response.item("in_progress")
+        effects = Effects(events=[self.events.response_created(response.body("in_progress", None, []))])
+        effects.events.append(self.events.output_item_added(response.id, 0, item))
+        if conversation:
+            previous = self.conversation.insert(item)
+            effects.events.extend(self.events.item_entered(item, previous))
+        effects.events.append(self.events.content_part(False, response.ref, response.part(final=False)))
+        return effects
+
+    def _close_response(self, status: str, reason: str | None) -> Effects:
+        response = self.response
+        assert response is not None
+        self.response = None
+        ref = response.ref
+        events: list[dict[str, Any]] = []
+        if response.audio:
+            events.append(self.events.audio_done(ref))
+            events.append(self.events.transcript_done(ref, response.transcript))
+        else:
+            events.append(self.events.text_done(ref, response.transcript))
+        events.append(self.events.content_part(True, ref, response.part(final=True)))
+        item = response.item("completed" if status == "completed" else "incomplete")
+        in_conversation = response.conversation_id is not None and response.item_id in self.conversation
+        previous = None
+        if in_conversation:
+            stored = self.conversation.get(response.item_id, "invalid_value", "finishing")
+            stored.clear()
+            stored.update(item)
+            previous = self.conversation.previous_id(response.item_id)
+            if response.item_id in self._heard:
+                for part in stored["content"]:
+                    part["transcript"] = self._heard[response.item_id]
+            events.extend(self.events.item_done(self.conversation.snapshot(response.item_id), previous))
+            stored["_audio_ms"] = response.audio_ms
+            stored["_pieces"] = list(response.pieces)
+        events.append(self.events.output_item_done(response.id, 0, item))
+        details = {"type": status, "reason": reason} if status != "completed" else None
+        events.append(self.events.response_done(response.body(status, details, [item])))
+        effects = Effects(events=events)
+        if response.conversation_id is not None:
+            effects.records.append(self._item_record(item, audio_ms=response.audio_ms, response_id=response.id))
+        return effects
+
