@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+import typing
 from typing import Any
 
 import pydantic
@@ -36,6 +37,12 @@ DEFAULT_TURN_DETECTION: dict[str, Any] = {
 }
 
 PCM16 = {"type": "audio/pcm", "rate": 24000}
+
+# The beta SDK types `session.model` as a closed list of OpenAI model names, so a beta session names
+# the model the client asked for when it is one of those, else this one (the README says so); the
+# served Moshi checkpoint is named in GA sessions, in the log and in the stored conversation.
+BETA_MODEL_NAMES = set(typing.get_args(typing.get_args(BetaSessionModel.model_fields["model"].annotation)[0]))
+BETA_FALLBACK_MODEL = "gpt-4o-realtime-preview"
 
 _GA_TOP_LEVEL = set(RealtimeSessionCreateRequest.model_fields)
 _BETA_TOP_LEVEL = set(BetaSessionModel.model_fields)
@@ -108,7 +115,7 @@ def render(session: dict[str, Any], dialect: Dialect) -> dict[str, Any]:
     return {
         "id": session["id"],
         "object": "realtime.session",
-        "model": session["model"],
+        "model": session["model"] if session["model"] in BETA_MODEL_NAMES else BETA_FALLBACK_MODEL,
         "expires_at": session["expires_at"],
         "modalities": ["audio", "text"] if "audio" in session["output_modalities"] else ["text"],
         "instructions": session["instructions"],

@@ -1,0 +1,56 @@
+"""Shared test set-up: one demo checkpoint and one ModelManager for the whole run.
+
+TIMEOUT is the one constant every wait in the suite takes: the model can be slow on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TIMEOUT = float(os.environ.get("TEST_TIMEOUT", "20"))
+SHARED_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
+
+# Settings the tests run under: the model steps as soon as a frame is ready (no 80 ms pacing) and
+# the demo model's responses (it never falls silent) end after 1.6 s of output.
+TEST_VOICE = {
+    "TICK_MS": 0.0,
+    "MAX_SESSIONS": 4,
+    "RESPONSE_MAX_MS": 1600,
+    "LOAD_MODEL": "0",
+}
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from voice.engine.demo_checkpoint import write_demo_checkpoint
+
+    return write_demo_checkpoint(tmp_path_factory.mktemp("demo-checkpoint"), context=50)
+
+
+@pytest.fixture(scope="session")
+def model_manager(demo_checkpoint: Path):
+    """The process-wide manager, loaded from the demo checkpoint through the real loading code."""
+    from voice.engine import manager as manager_module
+
+    config = manager_module.ManagerConfig(
+        models={}, demo_dir=demo_checkpoint, max_sessions=TEST_VOICE["MAX_SESSIONS"], tick_ms=TEST_VOICE["TICK_MS"]
+    )
+    installed = manager_module.install_manager(config)
+    yield installed
+    installed.stop()  # join the inference thread before the interpreter exits
+
+
+@pytest.fixture(autouse=True)
+def voice_test_settings(settings):
+    settings.VOICE = {**settings.VOICE, **TEST_VOICE}
+    yield
+
+
+def audio_path(name: str) -> Path:
+    path = SHARED_AUDIO / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the tests need ../shared/audio beside the repository")
+    return path
