@@ -24,9 +24,10 @@ from .recorder import SessionRecorder
 
 log = logging.getLogger(__name__)
 
-# Close codes: 1000 ends an SDK client's `async for` quietly; 1013 means "try again later".
-CLOSE_TRY_AGAIN = 1013
+# Close codes: 1000 ends an SDK client's `async for` quietly; any other makes it raise.
+CLOSE_TRY_AGAIN = 4013  # 1013 in the private range: daphne (autobahn) sends only 1000 and 3000-4999
 CLOSE_POLICY = 4000
+CLOSE_SERVER_ERROR = 4011  # 1011 in the private range, for the same reason
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
@@ -47,7 +48,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         model_type = query.get("model_type", ["sft"])[0]
         manager = get_manager()
         if manager is None or not manager.ready:
-            await self._refuse(dialect, "server_error", "The model is not loaded in this process.", 1011, "server_error")
+            await self._refuse(dialect, "server_error", "The model is not loaded in this process.", CLOSE_SERVER_ERROR, "server_error")
             return
         if model_type not in manager.engines:
             loaded = ", ".join(sorted(manager.engines))

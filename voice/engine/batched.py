@@ -95,6 +95,13 @@ class Slot:
             return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter()
         return None
 
+    def deliver_threadsafe(self, item: FrameOutput | EngineFailure) -> None:
+        """Hand an output to the slot's event loop from the inference thread."""
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, item)
+        except RuntimeError:  # the session's loop has closed; it can no longer take output
+            self.engine.release(self)
+
     # Called on the event loop (via call_soon_threadsafe).
     def _deliver(self, item: FrameOutput | EngineFailure) -> None:
         if self.released:
@@ -125,6 +132,7 @@ class BatchedEngine:
         inbox_frames: int,
         compile: bool,
         seed: int = 0,
+        lm_gen_overrides: dict | None = None,
     ) -> None:
         self.model = model
         self.batch_size = batch_size
@@ -139,7 +147,8 @@ class BatchedEngine:
         self.stats = EngineStats()
         self._stop = False
         torch.manual_seed(seed)
-        self.lm_gen = LMGen(model.lm, support_out_of_sync=True, **model.info.lm_gen_config)
+        lm_gen_config = {**model.info.lm_gen_config, **(lm_gen_overrides or {})}
+        self.lm_gen = LMGen(model.lm, support_out_of_sync=True, **lm_gen_config)
         self.model.mimi.streaming_forever(batch_size)
         self.lm_gen.streaming_forever(batch_size)
         self._thread = threading.Thread(target=self._run, name=f"moshi-{model.name}", daemon=True)
@@ -218,7 +227,7 @@ class BatchedEngine:
                 except Exception as exc:  # noqa: BLE001 - one failed step must not kill every session
                     log.exception("model step failed")
                     for slot in owners.values():
-                        slot.loop.call_soon_threadsafe(slot._deliver, EngineFailure(f"model step failed: {exc}"))
+                        slot.deliver_threadsafe(EngineFailure(f"model step failed: {exc}"))
                     continue
                 finally:
                     self.stats.steps += 1
@@ -228,8 +237,7 @@ class BatchedEngine:
                 for index, (text, pcm) in outputs.items():
                     slot = owners.get(index)
                     if slot is not None:
-                        item = FrameOutput(text=text, pcm=pcm, latency_s=done - enqueued[index])
-                        slot.loop.call_soon_threadsafe(slot._deliver, item)
+                        slot.deliver_threadsafe(FrameOutput(text=text, pcm=pcm, latency_s=done - enqueued[index]))
                 next_tick = max(next_tick + self.tick_s, done - self.tick_s)
 
     def _collect(self, next_tick: float):

@@ -23,6 +23,7 @@ from pathlib import Path
 import sentencepiece
 import torch
 from moshi.models import loaders
+from moshi.quantization.core_vq import EuclideanCodebook
 from safetensors.torch import save_model
 
 DEMO_NAME = "moshi-demo-random-weights"
@@ -57,6 +58,7 @@ def write_demo_checkpoint(dest: Path, *, context: int = 500, seed: int = 1234) -
 
     mimi_config = _tiny_mimi_config()
     mimi = loaders.get_mimi(None, mimi_config, device="cpu", num_codebooks=8)
+    _spread_codebooks(mimi)
     save_model(mimi, str(dest / "mimi.safetensors"))
     (dest / "mimi_config.json").write_text(json.dumps(mimi_config, indent=2))
 
@@ -85,6 +87,44 @@ def is_demo_checkpoint(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return bool(config.get("model_id", {}).get(DEMO_MARKER))
+
+
+def _spread_codebooks(mimi: torch.nn.Module) -> None:
+    """Give the quantizer codebooks drawn from what the encoder actually produces.
+
+    Untrained codebooks are all zeros (k-means would fill them on the first training batch), which
+    maps every input to code 0: a model deaf to its input. Seeding each codebook, stage by stage,
+    with latents the random encoder emits for varied sounds makes the demo model's output depend on
+    what it hears, so tests can tell one session's audio from another's.
+    """
+    codebooks = [m for m in mimi.modules() if isinstance(m, EuclideanCodebook)]
+    t = torch.arange(24000 * 4) / 24000
+    sounds = torch.stack(
+        [
+            0.3 * torch.randn(t.shape),
+            0.5 * torch.sin(2 * torch.pi * 220 * t) * torch.sin(2 * torch.pi * 3 * t),
+            0.4 * torch.sign(torch.sin(2 * torch.pi * 140 * t)) * (torch.rand(t.shape) > 0.5),
+            0.05 * torch.randn(t.shape) + 0.3 * torch.sin(2 * torch.pi * 600 * t * (1 + t)),
+        ]
+    )[:, None]
+    for codebook in codebooks:
+        seen: list[torch.Tensor] = []
+        original = codebook.encode
+
+        def capture(x: torch.Tensor, _original=original, _seen=seen) -> torch.Tensor:
+            _seen.append(x.reshape(-1, x.shape[-1]))
+            return _original(x)
+
+        codebook.encode = capture  # type: ignore[method-assign]
+        with torch.no_grad():
+            mimi.encode(sounds)
+        del codebook.encode
+        latents = torch.cat(seen)
+        picks = latents[torch.randint(len(latents), (codebook.codebook_size,))]
+        codebook.embedding_sum.copy_(picks + 0.01 * latents.std() * torch.randn_like(picks))
+        codebook.cluster_usage.fill_(1.0)
+        codebook._initialized.fill_(1.0)
+        codebook._embedding = None
 
 
 def _train_tokenizer(path: Path) -> int:

@@ -29,7 +29,11 @@ class Conversation:
         raise KeyError(item_id)
 
     def insert(self, item: dict[str, Any], previous_item_id: str | None = None) -> str | None:
-        """Add an item after ``previous_item_id`` (None: at the end, "root": first); return its predecessor."""
+        """Add an item after ``previous_item_id`` (None: at the end, "root": first); return its predecessor.
+
+        The conversation keeps its own copy: the caller's dict also goes out in events, and later
+        changes to the stored item (completion, truncation) must not rewrite events already handed out.
+        """
         if item["id"] in self:
             raise ProtocolError(
                 "invalid_value", f"Item with id '{item['id']}' already exists.", param="item.id"
@@ -47,7 +51,7 @@ class Conversation:
                     f"Error adding item: the previous item with id '{previous_item_id}' does not exist.",
                     param="previous_item_id",
                 ) from None
-        self._items.insert(index, item)
+        self._items.insert(index, copy.deepcopy(item))
         if len(self._items) > MAX_ITEMS:
             del self._items[0]
             index -= 1

@@ -7,6 +7,7 @@ ProtocolError becomes an `error` event naming the offending client event, and th
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import typing
@@ -113,7 +114,9 @@ class RealtimeSession:
         event_id: str | None = None
         try:
             event = self._parse(text)
+            # Read before the `type` checks, so that even an event without a usable type is named.
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            self._check_type(event)
             handler = self._handlers.get(event["type"])
             if handler is None:
                 raise ProtocolError(
@@ -171,11 +174,14 @@ class RealtimeSession:
             raise ProtocolError("invalid_event", "The server could not parse the event: it is not valid JSON.") from None
         if not isinstance(event, dict):
             raise ProtocolError("invalid_event", "An event must be a JSON object.")
+        return event
+
+    @staticmethod
+    def _check_type(event: dict[str, Any]) -> None:
         if "type" not in event:
             raise ProtocolError("invalid_event", "Missing required parameter: 'type'.", param="type")
         if not isinstance(event["type"], str):
             raise ProtocolError("invalid_event", "Invalid type for 'type': expected a string.", param="type")
-        return event
 
     def _validate(self, event: dict[str, Any]) -> None:
         """Check a client event against the SDK's model for its type in this dialect."""
@@ -185,11 +191,13 @@ class RealtimeSession:
         try:
             model.model_validate(event)
         except pydantic.ValidationError as exc:
-            first = exc.errors()[0]
+            first = session_config._relevant_error(exc.errors())
             path = session_config._input_path(event, first["loc"])
             param = ".".join(str(p) for p in path) or None
             if first["type"] == "missing":
-                missing = ".".join(str(p) for p in first["loc"] if isinstance(p, str | int))
+                # The missing key is not in the input, so only its parent's path can be walked.
+                parent = session_config._input_path(event, first["loc"][:-1])
+                missing = ".".join(str(p) for p in [*parent, first["loc"][-1]])
                 raise ProtocolError("missing_required_parameter", f"Missing required parameter: '{missing}'.", param=missing) from None
             raise ProtocolError("invalid_value", f"Invalid value for '{param}': {first['msg']}.", param=param) from None
 
@@ -388,16 +396,17 @@ class RealtimeSession:
             events.append(self.events.text_done(ref, response.transcript))
         events.append(self.events.content_part(True, ref, response.part(final=True)))
         item = response.item("completed" if status == "completed" else "incomplete")
+        if response.item_id in self._heard:
+            for part in item["content"]:
+                if "transcript" in part:
+                    part["transcript"] = self._heard[response.item_id]
         in_conversation = response.conversation_id is not None and response.item_id in self.conversation
         previous = None
         if in_conversation:
             stored = self.conversation.get(response.item_id, "invalid_value", "finishing")
             stored.clear()
-            stored.update(item)
+            stored.update(copy.deepcopy(item))  # a later truncation must not rewrite the events below
             previous = self.conversation.previous_id(response.item_id)
-            if response.item_id in self._heard:
-                for part in stored["content"]:
-                    part["transcript"] = self._heard[response.item_id]
             events.extend(self.events.item_done(self.conversation.snapshot(response.item_id), previous))
             stored["_audio_ms"] = response.audio_ms
             stored["_pieces"] = list(response.pieces)

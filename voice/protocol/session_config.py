@@ -20,6 +20,7 @@ from typing import Any
 import pydantic
 from openai.types.beta.realtime.session_update_event import Session as BetaSessionModel
 from openai.types.realtime import RealtimeSessionCreateRequest
+from pydantic_core import ErrorDetails
 
 from .dialect import Dialect
 from .errors import ProtocolError
@@ -101,7 +102,7 @@ def apply_update(current: dict[str, Any], update: Any, dialect: Dialect) -> dict
     ga_update = _validate_ga(update) if dialect is Dialect.GA else _beta_to_ga(_validate_beta(update))
     merged = copy.deepcopy(current)
     _merge(merged, ga_update)
-    _check_ranges(merged)
+    _check_ranges(merged, dialect)
     return merged
 
 
@@ -184,13 +185,29 @@ def _model_validate(model: type[pydantic.BaseModel], data: dict[str, Any]) -> No
     try:
         model.model_validate(data)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
+        first = _relevant_error(exc.errors())
         param = "session" + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in _input_path(data, first["loc"]))
         raise ProtocolError(
             "invalid_value" if first["type"] != "missing" else "missing_required_parameter",
             f"Invalid value for '{param}': {first['msg']}.",
             param=param,
         ) from None
+
+
+def _relevant_error(errors: list[ErrorDetails]) -> ErrorDetails:
+    """The first error inside the union member that the client picked by its `type` (or `role`).
+
+    For a union such as turn_detection (server_vad | semantic_vad) pydantic reports every member's
+    errors, the first often being "type should be 'server_vad'" for a semantic_vad input. Errors under
+    a member whose discriminator did not match are not the client's mistake, so they are passed over;
+    when no member matched, the discriminator itself is what is wrong.
+    """
+    mismatches = [e for e in errors if e["type"] == "literal_error" and e["loc"][-1:] in (("type",), ("role",))]
+    ruled_out = [e["loc"][:-1] for e in mismatches]
+    for error in errors:
+        if not any(error["loc"][: len(prefix)] == prefix for prefix in ruled_out):
+            return error
+    return mismatches[0] if mismatches else errors[0]
 
 
 def _input_path(data: Any, loc: tuple[Any, ...]) -> list[Any]:
@@ -211,43 +228,53 @@ def _input_path(data: Any, loc: tuple[Any, ...]) -> list[Any]:
     return path
 
 
-def _check_ranges(session: dict[str, Any]) -> None:
+# Where the range-checked settings live in a beta session, so that a beta client's `error` names the
+# parameter it sent rather than its place in the stored GA shape.
+_BETA_PARAMS = {
+    "session.audio.input.turn_detection.threshold": "session.turn_detection.threshold",
+    "session.audio.output.speed": "session.speed",
+    "session.max_output_tokens": "session.max_response_output_tokens",
+    "session.output_modalities": "session.modalities",
+    "session.audio.input.format": "session.input_audio_format",
+    "session.audio.output.format": "session.output_audio_format",
+}
+
+
+def _check_ranges(session: dict[str, Any], dialect: Dialect) -> None:
     """Ranges that the SDK's models do not encode but OpenAI enforces."""
+
+    def name(ga_param: str) -> str:
+        return _BETA_PARAMS[ga_param] if dialect is Dialect.BETA else ga_param
+
     turn = session["audio"]["input"]["turn_detection"]
     if turn and turn.get("type") == "server_vad" and turn.get("threshold") is not None:
         if not 0.0 <= float(turn["threshold"]) <= 1.0:
+            param = name("session.audio.input.turn_detection.threshold")
             raise ProtocolError(
-                "invalid_value",
-                "Invalid value for 'session.audio.input.turn_detection.threshold': expected a number between 0 and 1.",
-                param="session.audio.input.turn_detection.threshold",
+                "invalid_value", f"Invalid value for '{param}': expected a number between 0 and 1.", param=param
             )
     speed = session["audio"]["output"]["speed"]
     if speed is not None and not 0.25 <= float(speed) <= 1.5:
+        param = name("session.audio.output.speed")
         raise ProtocolError(
-            "invalid_value",
-            "Invalid value for 'session.audio.output.speed': expected a number between 0.25 and 1.5.",
-            param="session.audio.output.speed",
+            "invalid_value", f"Invalid value for '{param}': expected a number between 0.25 and 1.5.", param=param
         )
     tokens = session["max_output_tokens"]
     if tokens != "inf" and not (isinstance(tokens, int) and 1 <= tokens <= 4096):
+        param = name("session.max_output_tokens")
         raise ProtocolError(
-            "invalid_value",
-            "Invalid value for 'session.max_output_tokens': expected an integer from 1 to 4096 or 'inf'.",
-            param="session.max_output_tokens",
+            "invalid_value", f"Invalid value for '{param}': expected an integer from 1 to 4096 or 'inf'.", param=param
         )
     modalities = session["output_modalities"]
     if not modalities or len(set(modalities)) != len(modalities) or len(modalities) > 1 and "text" in modalities:
-        raise ProtocolError(
-            "invalid_value",
-            "Invalid value for 'session.output_modalities': expected ['audio'] or ['text'].",
-            param="session.output_modalities",
-        )
+        param = name("session.output_modalities")
+        raise ProtocolError("invalid_value", f"Invalid value for '{param}': expected ['audio'] or ['text'].", param=param)
     for direction in ("input", "output"):
         if session["audio"][direction]["format"].get("type") != "audio/pcm":
             raise ProtocolError(
                 "unsupported_audio_format",
                 f"Only 24 kHz pcm16 audio ('audio/pcm') is supported for {direction} audio by this server.",
-                param=f"session.audio.{direction}.format",
+                param=name(f"session.audio.{direction}.format"),
             )
 
 

@@ -1,0 +1,149 @@
+"""The batched engine on the demo checkpoint: slots are isolated, bounded, restartable and long-lived."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from voice.engine.batched import BatchedEngine, FrameOutput, Slot
+from voice.engine.checkpoint import load_model
+
+from .conftest import TIMEOUT
+
+
+def make_engine(checkpoint: Path, batch_size: int = 4, inbox_frames: int = 64) -> BatchedEngine:
+    """An engine with greedy decoding, so that the same input gives the same output."""
+    model = load_model(str(checkpoint), torch.device("cpu"))
+    engine = BatchedEngine(
+        model, batch_size=batch_size, tick_s=0.0, inbox_frames=inbox_frames, compile=False,
+        lm_gen_overrides={"use_sampling": False},
+    )
+    engine.start()
+    return engine
+
+
+def speech_like(seed: int, frames: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(0.3 * rng.standard_normal(1920)).astype(np.float32) for _ in range(frames)]
+
+
+async def collect(slot: Slot, count: int) -> list[FrameOutput]:
+    outputs = []
+    while len(outputs) < count:
+        item = await asyncio.wait_for(slot.outbox.get(), TIMEOUT)
+        assert isinstance(item, FrameOutput), item
+        outputs.append(item)
+    return outputs
+
+
+def assert_same(a: list[FrameOutput], b: list[FrameOutput]) -> None:
+    assert [o.text for o in a] == [o.text for o in b]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.pcm, y.pcm, atol=1e-4)
+
+
+@pytest.fixture
+def engine(demo_checkpoint: Path):
+    engine = make_engine(demo_checkpoint)
+    yield engine
+    engine.stop()
+
+
+async def run_alone(checkpoint: Path, frames: list[np.ndarray]) -> list[FrameOutput]:
+    engine = make_engine(checkpoint)
+    try:
+        slot = engine.acquire(asyncio.get_running_loop())
+        assert slot is not None
+        for frame in frames:
+            assert slot.push(frame)
+        return await collect(slot, len(frames) - 1)
+    finally:
+        engine.stop()
+
+
+async def test_sessions_in_one_batch_hear_only_their_own_audio(engine: BatchedEngine, demo_checkpoint: Path) -> None:
+    loop = asyncio.get_running_loop()
+    first, second = engine.acquire(loop), engine.acquire(loop)
+    assert first is not None and second is not None
+    a, b = speech_like(1, 12), speech_like(2, 12)
+    for x, y in zip(a, b, strict=True):
+        first.push(x)
+        second.push(y)
+    together_a, together_b = await collect(first, 11), await collect(second, 11)
+    alone_a, alone_b = await run_alone(demo_checkpoint, a), await run_alone(demo_checkpoint, b)
+    assert_same(together_a, alone_a)
+    assert_same(together_b, alone_b)
+    assert [o.text for o in together_a] != [o.text for o in together_b] or not np.allclose(
+        together_a[-1].pcm, together_b[-1].pcm
+    ), "different inputs should give different outputs"
+
+
+async def test_a_new_session_restarts_only_its_own_slot(engine: BatchedEngine, demo_checkpoint: Path) -> None:
+    loop = asyncio.get_running_loop()
+    steady = engine.acquire(loop)
+    assert steady is not None
+    frames = speech_like(3, 16)
+    for frame in frames[:8]:
+        steady.push(frame)
+    outputs = await collect(steady, 7)
+    newcomer = engine.acquire(loop)  # restarts its slot while `steady` is mid-stream
+    assert newcomer is not None
+    for index, frame in enumerate(frames[8:]):
+        steady.push(frame)
+        newcomer.push(speech_like(100 + index, 1)[0])
+    outputs += await collect(steady, 8)
+    await collect(newcomer, 7)
+    assert_same(outputs, await run_alone(demo_checkpoint, frames))
+
+
+async def test_slots_are_bounded_and_come_back(engine: BatchedEngine) -> None:
+    loop = asyncio.get_running_loop()
+    slots = [engine.acquire(loop) for _ in range(4)]
+    assert all(slots) and engine.acquire(loop) is None
+    slots[2].release()
+    assert engine.slots_in_use == 3
+    again = engine.acquire(loop)
+    assert again is not None and again.index == 2
+    for slot in (*slots[:2], slots[3], again):
+        slot.release()
+    assert engine.slots_in_use == 0
+
+
+async def test_input_queue_is_bounded(demo_checkpoint: Path) -> None:
+    model = load_model(str(demo_checkpoint), torch.device("cpu"))
+    # Not started: no thread consumes frames, so the inbox fills exactly to its bound.
+    engine = BatchedEngine(model, batch_size=2, tick_s=0.0, inbox_frames=3, compile=False)
+    slot = engine.acquire(asyncio.get_running_loop())
+    assert slot is not None
+    assert [slot.push(np.zeros(1920, np.float32)) for _ in range(4)] == [True, True, True, False]
+    assert slot.queued_frames == 3
+
+
+async def test_an_open_response_keeps_the_model_talking_without_input(engine: BatchedEngine) -> None:
+    slot = engine.acquire(asyncio.get_running_loop())
+    assert slot is not None
+    slot.set_keep_running(True)
+    outputs = await collect(slot, 5)
+    slot.set_keep_running(False)
+    assert all(o.pcm.shape == (1920,) for o in outputs)
+
+
+async def test_a_call_longer_than_the_model_context_goes_on(engine: BatchedEngine) -> None:
+    context = engine.model.lm.transformer.layers[0].self_attn.context
+    assert context == 50, "the test fixture writes a demo checkpoint with a 50-frame context"
+    slot = engine.acquire(asyncio.get_running_loop())
+    assert slot is not None
+    frames = speech_like(4, 2 * context + 10)
+    sent = 0
+    outputs: list[FrameOutput] = []
+    while sent < len(frames):
+        while sent < len(frames) and slot.push(frames[sent]):
+            sent += 1
+        outputs += await collect(slot, min(10, sent - 1 - len(outputs)))
+    outputs += await collect(slot, len(frames) - 1 - len(outputs))
+    assert len(outputs) == len(frames) - 1
+    assert np.isfinite(outputs[-1].pcm).all()
