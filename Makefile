@@ -18,7 +18,9 @@ $(STAMP): requirements.txt
 serve: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py make_demo_checkpoint
-	$(BIN)/daphne --bind $(HOST) --port $(PORT) --websocket_timeout -1 realtime_project.asgi:application
+	$(BIN)/daphne --bind $(HOST) --port $(PORT) --websocket_timeout -1 \
+		--websocket-max-message-size 16777216 --websocket-max-frame-size 16777216 \
+		realtime_project.asgi:application
 
 test: $(STAMP)
 	$(BIN)/ruff check .

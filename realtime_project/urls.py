@@ -8,4 +8,5 @@ from voice import views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("", views.index, name="index"),
 ]

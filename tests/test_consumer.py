@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import contextlib
+import json
 
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from transcripts.models import Conversation
 from voice.protocol import Dialect
 
+from .conftest import TIMEOUT
 from .helpers import append_events, connected, read_pcm16
+from .strict import strict
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("model_manager")]
 
@@ -23,3 +32,135 @@ async def test_speech_in_gives_a_full_response_out(dialect: Dialect) -> None:
         for opener in ("response.created", "response.output_item.added", "response.content_part.added"):
             assert types.index(opener) < first_delta
         assert events[-1]["response"]["status"] in {"completed", "incomplete"}
+
+
+async def wait_for(predicate, what: str) -> None:
+    """Poll a condition that another task or thread makes true, up to TIMEOUT."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@database_sync_to_async
+def stored_conversation(session_id: str) -> dict | None:
+    conversation = Conversation.objects.filter(session_id=session_id).first()
+    if conversation is None:
+        return None
+    return {
+        "ended": conversation.ended_at is not None,
+        "model_name": conversation.model_name,
+        "items": list(conversation.items.values("role", "status", "text", "item_id")),
+        "configs": list(conversation.configs.values_list("config", flat=True)),
+    }
+
+
+async def test_the_demo_model_is_named_in_the_session() -> None:
+    async with connected(Dialect.GA) as client:
+        assert client.received[0]["session"]["model"] == "moshi-demo-random-weights"
+
+
+async def test_a_session_is_stored_and_closed(model_manager) -> None:
+    async with connected(Dialect.GA) as client:
+        session_id = client.received[0]["session"]["id"]
+        await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief."}})
+        await client.recv_until("session.updated")
+        for event in append_events(read_pcm16("weather_en_24k.wav")[: 48 * 1000]):
+            await client.send(event)
+        await client.send({"type": "input_audio_buffer.commit"})
+        done = await client.recv_until("response.done")
+        transcript = done[-1]["response"]["output"][0]["content"][0]["transcript"]
+
+    async def ended() -> bool:
+        stored = await stored_conversation(session_id)
+        return bool(stored and stored["ended"])
+
+    await wait_for(ended, "the conversation to be closed")
+    stored = await stored_conversation(session_id)
+    assert stored["model_name"] == "moshi-demo-random-weights"
+    assert [c["instructions"] for c in stored["configs"]][-1] == "Be brief."
+    assert len(stored["configs"]) == 2  # the one at connect, then the update
+    roles = [item["role"] for item in stored["items"]]
+    assert "user" in roles and "assistant" in roles
+    assistant = next(item for item in stored["items"] if item["role"] == "assistant")
+    assert assistant["text"] == transcript.strip() and assistant["text"]
+
+
+async def test_a_client_that_drops_mid_response_loses_nothing_and_frees_its_slot(model_manager) -> None:
+    engine = model_manager.engines["sft"]
+    async with connected(Dialect.GA) as client:
+        session_id = client.received[0]["session"]["id"]
+        await client.send({"type": "response.create"})
+        while True:  # hang up as soon as the model has said something
+            event = await client.recv()
+            if event["type"] == "response.output_audio_transcript.delta":
+                break
+        assert engine.slots_in_use >= 1
+
+    async def stored_partial() -> bool:
+        stored = await stored_conversation(session_id)
+        return bool(stored and stored["ended"] and any(i["role"] == "assistant" for i in stored["items"]))
+
+    await wait_for(stored_partial, "the partial answer to be stored")
+    stored = await stored_conversation(session_id)
+    assistant = next(item for item in stored["items"] if item["role"] == "assistant")
+    assert assistant["status"] == "incomplete" and assistant["text"]
+
+    async def all_free() -> bool:
+        return engine.slots_in_use == 0
+
+    await wait_for(all_free, "every slot to be free")
+
+
+async def test_bad_frames_get_errors_and_the_session_goes_on(settings) -> None:
+    settings.VOICE = {**settings.VOICE, "MAX_MESSAGE_BYTES": 1000}
+    async with connected(Dialect.GA) as client:
+        await client.communicator.send_to(bytes_data=b"\x00\x01")
+        assert (await client.recv())["error"]["code"] == "invalid_event"
+        await client.send({"type": "input_audio_buffer.append", "audio": "A" * 2000})
+        error = (await client.recv())["error"]
+        assert error["code"] == "invalid_event" and "1000 bytes" in error["message"]
+        await client.send({"type": "session.update", "session": {"type": "realtime"}})
+        assert (await client.recv())["type"] == "session.updated"
+
+
+async def test_an_unknown_model_type_is_refused_with_a_reason() -> None:
+    from realtime_project.asgi import application
+
+    communicator = WebsocketCommunicator(application, "/v1/realtime?model_type=huge")
+    connected_ok, _ = await communicator.connect(timeout=TIMEOUT)
+    assert connected_ok
+    event = json.loads(await communicator.receive_from(timeout=TIMEOUT))
+    strict(event, Dialect.GA)
+    assert event["error"]["code"] == "invalid_model" and "sft" in event["error"]["message"]
+    assert (await communicator.receive_output(timeout=TIMEOUT))["type"] == "websocket.close"
+
+
+async def test_a_full_server_says_so_and_slots_come_back(model_manager) -> None:
+    from realtime_project.asgi import application
+
+    engine = model_manager.engines["sft"]
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(engine.batch_size):
+            await stack.enter_async_context(connected(Dialect.GA))
+        refused = WebsocketCommunicator(application, "/v1/realtime")
+        assert (await refused.connect(timeout=TIMEOUT))[0]
+        event = json.loads(await refused.receive_from(timeout=TIMEOUT))
+        strict(event, Dialect.GA)
+        assert event["error"]["code"] == "server_busy"
+        closing = await refused.receive_output(timeout=TIMEOUT)
+        assert closing["type"] == "websocket.close" and closing["code"] == 4013
+
+    async def all_free() -> bool:
+        return engine.slots_in_use == 0
+
+    await wait_for(all_free, "every slot to be free")
+    async with connected(Dialect.GA):
+        pass
+
+
+def test_the_landing_page_and_readiness_say_whether_a_model_is_loaded(client, model_manager) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and b"/v1/realtime" in page.content and b"moshi-demo-random-weights" in page.content
+    ready = client.get("/healthz").json()
+    assert ready == {"ready": True, "device": "cpu", "models": {"sft": "moshi-demo-random-weights"}}

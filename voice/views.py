@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 
 from .engine.manager import get_manager
 
@@ -14,3 +15,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"ready": False}, status=503)
     models = {kind: engine.model.name for kind, engine in manager.engines.items()}
     return JsonResponse({"ready": True, "device": str(manager.device), "models": models})
+
+
+def index(request: HttpRequest) -> HttpResponse:
+    """A landing page that says where the endpoint is and links to the admin."""
+    manager = get_manager()
+    ready = manager is not None and manager.ready
+    models = [engine.model.name for engine in manager.engines.values()] if ready else []
+    return render(request, "index.html", {"ready": ready, "models": models})
