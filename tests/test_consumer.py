@@ -83,7 +83,7 @@ async def test_a_session_is_stored_and_closed(model_manager) -> None:
     roles = [item["role"] for item in stored["items"]]
     assert "user" in roles and "assistant" in roles
     assistant = next(item for item in stored["items"] if item["role"] == "assistant")
-    assert assistant["text"] == transcript.strip() and assistant["text"]
+    assert assistant["text"] == transcript and assistant["text"].strip()
 
 
 async def test_a_client_that_drops_mid_response_loses_nothing_and_frees_its_slot(model_manager) -> None:

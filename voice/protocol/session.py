@@ -318,9 +318,9 @@ class RealtimeSession:
     def _item_record(self, item: dict[str, Any], *, audio_ms: int = 0, response_id: str | None = None) -> records.ItemStored:
         self._positions += 1
         content = [dict(part) for part in item.get("content", [])]
-        text = " ".join(
-            str(part.get("text") or part.get("transcript") or part.get("output") or "") for part in content
-        ).strip() or str(item.get("output") or item.get("arguments") or "")
+        # Stored exactly as streamed (leading spaces included): the record is what was said.
+        texts = [str(part.get("text") or part.get("transcript") or "") for part in content]
+        text = " ".join(t for t in texts if t) or str(item.get("output") or item.get("arguments") or "")
         return records.ItemStored(
             item_id=item["id"],
             item_type=item.get("type", "message"),

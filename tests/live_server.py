@@ -1,0 +1,136 @@
+"""A real daphne serving the project on a free port, in its own process, database and checkpoint.
+
+End-to-end tests talk to it over TCP exactly as a client would; nothing of the server runs in the
+test process. Its stdout and stderr go to a log file that failures print.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Variables that would change what the server does if they leaked in from the caller's shell.
+_SCRUBBED = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SFT_MODEL",
+    "BASE_MODEL",
+    "PRETRAIN_MODEL",
+    "VOICE_LOAD_MODEL",
+    "MOSHI_DEVICE",
+    "MOSHI_TORCH_COMPILE",
+    "REALTIME_TICK_MS",
+    "REALTIME_MAX_SESSIONS",
+    "REALTIME_INPUT_QUEUE_FRAMES",
+    "REALTIME_MAX_MESSAGE_BYTES",
+    "RESPONSE_ACTIVITY_RMS",
+    "RESPONSE_END_SILENCE_MS",
+    "RESPONSE_MAX_MS",
+    "DEMO_CHECKPOINT_DIR",
+    "DJANGO_SETTINGS_MODULE",
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """`daphne realtime_project.asgi:application` on 127.0.0.1 with its own SQLite file."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.db_path = workdir / "e2e.sqlite3"
+        self.log_path = workdir / "daphne.log"
+        self.port = free_port()
+        self.env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
+        self.env.update(
+            {
+                "DATABASE_URL": f"sqlite:///{self.db_path}",
+                "DEMO_CHECKPOINT_DIR": str(workdir / "demo-checkpoint"),
+                "DJANGO_SETTINGS_MODULE": "realtime_project.settings",
+                "PYTHONUNBUFFERED": "1",
+                **(env or {}),
+            }
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float) -> None:
+        """Migrate the database, start daphne and wait until /healthz says the model is ready."""
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if migrate.returncode != 0:
+            raise RuntimeError(f"migrate failed ({migrate.returncode}):\n{migrate.stdout}\n{migrate.stderr}")
+        daphne = Path(sys.executable).parent / "daphne"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(daphne), "-b", "127.0.0.1", "-p", str(self.port), "realtime_project.asgi:application"],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited with {self.process.returncode} before it was ready:\n{self.log()}")
+            if self._healthy():
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"daphne was not ready within {timeout:.0f}s:\n{self.log()}")
+            time.sleep(0.1)  # polling /healthz, bounded by the deadline above
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Terminate daphne (SIGTERM, then SIGKILL if it lingers) and reap it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+
+    def log(self, tail_chars: int = 20000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no daphne log)"
+        return text[-tail_chars:]
