@@ -32,11 +32,13 @@ def speech_like(seed: int, frames: int) -> list[np.ndarray]:
 
 
 async def collect(slot: Slot, count: int) -> list[FrameOutput]:
+    """The next ``count`` outputs that carry model audio (a restarted slot's first one has none)."""
     outputs = []
     while len(outputs) < count:
         item = await asyncio.wait_for(slot.outbox.get(), TIMEOUT)
         assert isinstance(item, FrameOutput), item
-        outputs.append(item)
+        if item.pcm is not None:
+            outputs.append(item)
     return outputs
 
 
@@ -129,7 +131,8 @@ async def test_an_open_response_keeps_the_model_talking_without_input(engine: Ba
     slot.set_keep_running(True)
     outputs = await collect(slot, 5)
     slot.set_keep_running(False)
-    assert all(o.pcm.shape == (1920,) for o in outputs)
+    assert all(o.pcm is not None and o.pcm.shape == (1920,) for o in outputs)
+    assert not any(o.client_audio or o.speech for o in outputs), "server-fed silence is not the client's audio"
 
 
 async def test_a_call_longer_than_the_model_context_goes_on(engine: BatchedEngine) -> None:
@@ -146,4 +149,19 @@ async def test_a_call_longer_than_the_model_context_goes_on(engine: BatchedEngin
         outputs += await collect(slot, min(10, sent - 1 - len(outputs)))
     outputs += await collect(slot, len(frames) - 1 - len(outputs))
     assert len(outputs) == len(frames) - 1
-    assert np.isfinite(outputs[-1].pcm).all()
+    assert outputs[-1].pcm is not None and np.isfinite(outputs[-1].pcm).all()
+
+
+async def test_each_client_frame_comes_back_with_its_speech_scores(engine: BatchedEngine) -> None:
+    slot = engine.acquire(asyncio.get_running_loop())
+    assert slot is not None
+    for frame in speech_like(5, 10):
+        slot.push(frame)
+    outputs = []
+    while len(outputs) < 10:
+        outputs.append(await asyncio.wait_for(slot.outbox.get(), TIMEOUT))
+    assert all(isinstance(o, FrameOutput) and o.client_audio for o in outputs)
+    assert outputs[0].pcm is None, "a restarted slot's first frame has no generated output yet"
+    windows = sum(len(o.speech) for o in outputs)
+    assert 20 <= windows <= 25, "800 ms of audio is 25 windows of 32 ms, less the resampler's delay"
+    assert all(0.0 <= p <= 1.0 for o in outputs for p in o.speech)

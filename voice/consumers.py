@@ -153,7 +153,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 error = ProtocolError("model_error", item.message, type="server_error")
                 await self._send_events([self.session.events.error(error, None)])
                 continue
-            await self._apply(self.session.model_output(item.text, item.pcm))
+            await self._apply(self.session.model_output(item.text, item.pcm, item.speech, item.client_audio))
 
     async def _refuse(
         self, dialect: Dialect, code: str, message: str, close_code: int, error_type: str, param: str | None = None

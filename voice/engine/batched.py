@@ -28,6 +28,7 @@ from moshi.models import LMGen
 from moshi.utils.compile import no_compile
 
 from .checkpoint import LoadedModel
+from .vad import SpeechDetector
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,32 @@ OUTBOX_FRAMES = 64
 
 @dataclass
 class FrameOutput:
-    """One frame of a slot's output: a text piece (None for padding) and 1920 float32 samples."""
+    """What one tick produced for a slot.
+
+    ``text`` is the model's text piece (None for padding), ``pcm`` its 1920 float32 samples (None
+    while a restarted slot's output is not generated yet). ``speech`` holds the VAD's speech
+    probability per 32 ms window of the input frame, and ``client_audio`` says whether that frame
+    was the client's audio or silence the server fed to let the model finish speaking.
+    """
 
     text: str | None
-    pcm: np.ndarray
+    pcm: np.ndarray | None
+    speech: list[float]
+    client_audio: bool
     latency_s: float
+
+
+@dataclass
+class _Batch:
+    """The frames taken for one tick, indexed by slot."""
+
+    inputs: torch.Tensor
+    exec_mask: torch.Tensor
+    fresh_mask: torch.Tensor
+    owners: dict[int, Slot]
+    frames: dict[int, np.ndarray]
+    client_audio: dict[int, bool]
+    enqueued: dict[int, float]
 
 
 @dataclass
@@ -88,11 +110,13 @@ class Slot:
         self.engine.release(self)
 
     # Called on the inference thread with engine.lock held.
-    def _take(self) -> tuple[np.ndarray, float] | None:
+    def _take(self) -> tuple[np.ndarray, float, bool] | None:
+        """The next frame, when it was queued, and whether it is the client's audio."""
         if self._inbox:
-            return self._inbox.popleft()
+            frame, queued_at = self._inbox.popleft()
+            return frame, queued_at, True
         if self.keep_running:
-            return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter()
+            return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter(), False
         return None
 
     def deliver_threadsafe(self, item: FrameOutput | EngineFailure) -> None:
@@ -143,6 +167,7 @@ class BatchedEngine:
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.slots: list[Slot | None] = [None] * batch_size
+        self._vads = [SpeechDetector() for _ in range(batch_size)]
         self._pending_reset = torch.zeros(batch_size, dtype=torch.bool)
         self.stats = EngineStats()
         self._stop = False
@@ -220,13 +245,16 @@ class BatchedEngine:
                 batch = self._collect(next_tick)
                 if batch is None:
                     return
-                inputs, exec_mask, fresh_mask, owners, enqueued = batch
                 started = time.perf_counter()
                 try:
-                    outputs = self._step(inputs, exec_mask, fresh_mask)
+                    speech = {
+                        index: self._vads[index].process(frame) if batch.client_audio[index] else []
+                        for index, frame in batch.frames.items()
+                    }
+                    outputs = self._step(batch.inputs, batch.exec_mask, batch.fresh_mask)
                 except Exception as exc:  # noqa: BLE001 - one failed step must not kill every session
                     log.exception("model step failed")
-                    for slot in owners.values():
+                    for slot in batch.owners.values():
                         slot.deliver_threadsafe(EngineFailure(f"model step failed: {exc}"))
                     continue
                 finally:
@@ -234,13 +262,20 @@ class BatchedEngine:
                     self.stats.last_step_s = time.perf_counter() - started
                     self.stats.step_seconds.append(self.stats.last_step_s)
                 done = time.perf_counter()
-                for index, (text, pcm) in outputs.items():
-                    slot = owners.get(index)
-                    if slot is not None:
-                        slot.deliver_threadsafe(FrameOutput(text=text, pcm=pcm, latency_s=done - enqueued[index]))
+                for index, slot in batch.owners.items():
+                    text, pcm = outputs.get(index, (None, None))
+                    slot.deliver_threadsafe(
+                        FrameOutput(
+                            text=text,
+                            pcm=pcm,
+                            speech=speech[index],
+                            client_audio=batch.client_audio[index],
+                            latency_s=done - batch.enqueued[index],
+                        )
+                    )
                 next_tick = max(next_tick + self.tick_s, done - self.tick_s)
 
-    def _collect(self, next_tick: float):
+    def _collect(self, next_tick: float) -> _Batch | None:
         """Wait for the tick and gather one frame per ready slot; None when stopping."""
         with self.lock:
             while True:
@@ -250,30 +285,32 @@ class BatchedEngine:
                 ready = [s for s in self.slots if s is not None and (s._inbox or s.keep_running)]
                 if ready and now >= next_tick:
                     break
-                timeout = max(next_tick - now, 0.0) if ready else None
-                self.wake.wait(timeout=timeout if timeout is not None else 1.0)
-            inputs = torch.zeros(self.batch_size, 1, FRAME_SAMPLES)
-            exec_mask = torch.zeros(self.batch_size, dtype=torch.bool)
-            fresh_mask = torch.zeros(self.batch_size, dtype=torch.bool)
-            owners: dict[int, Slot] = {}
-            enqueued: dict[int, float] = {}
+                self.wake.wait(timeout=max(next_tick - now, 0.0) if ready else 1.0)
+            batch = _Batch(
+                inputs=torch.zeros(self.batch_size, 1, FRAME_SAMPLES),
+                exec_mask=torch.zeros(self.batch_size, dtype=torch.bool),
+                fresh_mask=torch.zeros(self.batch_size, dtype=torch.bool),
+                owners={}, frames={}, client_audio={}, enqueued={},
+            )
             for slot in ready:
                 taken = slot._take()
                 if taken is None:
                     continue
-                frame, at = taken
-                inputs[slot.index, 0] = torch.from_numpy(frame)
-                exec_mask[slot.index] = True
-                fresh_mask[slot.index] = slot.fresh
+                index = slot.index
+                batch.frames[index], batch.enqueued[index], batch.client_audio[index] = taken
+                batch.inputs[index, 0] = torch.from_numpy(batch.frames[index])
+                batch.exec_mask[index] = True
+                batch.fresh_mask[index] = slot.fresh
                 slot.fresh = False
-                owners[slot.index] = slot
-                enqueued[slot.index] = at
+                batch.owners[index] = slot
             resets = self._pending_reset.clone()
             self._pending_reset[:] = False
         if resets.any():
             self.model.mimi.reset_streaming(resets)
             self.lm_gen.reset_streaming(resets)
-        return inputs, exec_mask, fresh_mask, owners, enqueued
+            for index in torch.nonzero(resets).flatten().tolist():
+                self._vads[index].reset()
+        return batch
 
     def _step(
         self, inputs: torch.Tensor, exec_mask: torch.Tensor, fresh_mask: torch.Tensor
@@ -301,7 +338,7 @@ class BatchedEngine:
         for index in torch.nonzero(valid.cpu()).flatten().tolist():
             text_id = text_ids[index]
             text = None
-            if text_id not in TEXT_PADDING_IDS:
+            if text_id not in TEXT_PADDING_IDS and not self.model.tokenizer.is_control(text_id):
                 text = self.model.tokenizer.id_to_piece(text_id).replace("\u2581", " ")
             results[index] = (text, pcm[index, 0].copy())
         return results

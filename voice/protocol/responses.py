@@ -3,10 +3,13 @@
 Moshi listens and speaks at once; the Realtime protocol thinks in responses. This module is the one
 place that maps one onto the other (see DESIGN.md, "Responses from a full-duplex model"):
 
-- a response opens when the model's output becomes active (a non-padding text token, or audio
-  above ``activity_rms``) and turn detection asks for responses, or at once on `response.create`;
-- it closes as `completed` after ``end_silence_ms`` of inactive output following some activity,
-  as `incomplete` (reason `max_output_tokens`) after ``max_ms`` of output, or as `cancelled`.
+- a response opens when turn detection commits the user's turn (with `create_response`), or at
+  once on `response.create`; it takes the model's output from then on (output outside responses
+  is not sent: voice-agent frameworks treat unrequested responses as collisions);
+- it closes as `completed` after ``end_silence_ms`` of inactive output (no text token, audio
+  below ``activity_rms``) following some activity, or after ``max_ms`` of output (the server's
+  turn-length limit); as `incomplete` (reason `max_output_tokens`) when the client's
+  `max_output_tokens` is spent; as `cancelled` on `response.cancel` or when the user barges in.
 """
 
 from __future__ import annotations
@@ -121,12 +124,13 @@ class Response:
         """What the listener heard when playback stopped at ``audio_end_ms``."""
         return "".join(text for frame, text in self.pieces if frame * FRAME_MS < audio_end_ms)
 
-    def budget_exhausted(self, policy: ResponsePolicy) -> bool:
-        if self.frames * FRAME_MS >= policy.max_ms:
-            return True
-        if isinstance(self.max_output_tokens, int):
-            return self.usage()["output_tokens"] >= self.max_output_tokens
-        return False
+    def over_time_limit(self, policy: ResponsePolicy) -> bool:
+        """The server's turn-length limit: the response ends as completed (the turn is over)."""
+        return self.frames * FRAME_MS >= policy.max_ms
+
+    def over_token_budget(self) -> bool:
+        """The client's `max_output_tokens`: the response ends as incomplete, as on OpenAI."""
+        return isinstance(self.max_output_tokens, int) and self.usage()["output_tokens"] >= self.max_output_tokens
 
     def observe(self, active: bool, policy: ResponsePolicy) -> bool:
         """Count one output frame; True when a stretch of silence after speech ends the response."""

@@ -11,7 +11,7 @@ import copy
 import json
 import logging
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from .errors import ProtocolError
 from .events import EventFactory
 from .ids import new_id
 from .responses import Response, ResponsePolicy
+from .turn_detection import TurnDetector
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class RealtimeSession:
         self.conversation = Conversation()
         self.response: Response | None = None
         self._frames = FrameAssembler()
+        self.turns = TurnDetector()
+        self._speech_item_id: str | None = None
         self._buffered_samples = 0
         self._positions = 0
         # Text of responses whose audio the client truncated, so their stored text is what was heard.
@@ -128,17 +131,27 @@ class RealtimeSession:
         except ProtocolError as exc:
             return Effects(events=[self.events.error(exc, event_id)])
 
-    def model_output(self, text: str | None, pcm: np.ndarray | None) -> Effects:
-        """One 80 ms frame of model output: a text piece (None for padding) and its audio."""
+    def model_output(
+        self,
+        text: str | None,
+        pcm: np.ndarray | None,
+        speech: Sequence[float] = (),
+        client_audio: bool = True,
+    ) -> Effects:
+        """One 80 ms tick of the model: what it heard (VAD scores) and what it said.
+
+        ``text`` is a text piece (None for padding) and ``pcm`` the model's audio (None before its
+        first frame); ``speech`` scores each 32 ms window of the client's audio in this frame.
+        Model output reaches the client only inside a response: one opened by `response.create`
+        or by turn detection when the user stops speaking.
+        """
         effects = Effects()
-        active = text is not None or (pcm is not None and rms(pcm) > self.policy.activity_rms)
-        if self.response is None:
-            turn = session_config.turn_detection(self.config)
-            if not (active and turn is not None and turn.get("create_response", True)):
-                return effects
-            effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
+        if client_audio:
+            effects.extend(self._detect_turns(speech))
         response = self.response
-        assert response is not None
+        if response is None or (pcm is None and text is None):
+            return effects
+        active = text is not None or (pcm is not None and rms(pcm) > self.policy.activity_rms)
         if response.audio and pcm is not None:
             effects.events.append(self.events.audio_delta(response.ref, encode_pcm16(pcm)))
         if text:
@@ -148,10 +161,30 @@ class RealtimeSession:
                 effects.events.append(self.events.transcript_delta(response.ref, text))
             else:
                 effects.events.append(self.events.text_delta(response.ref, text))
-        if response.observe(active, self.policy):
+        if response.observe(active, self.policy) or response.over_time_limit(self.policy):
             effects.extend(self._close_response("completed", None))
-        elif response.budget_exhausted(self.policy):
+        elif response.over_token_budget():
             effects.extend(self._close_response("incomplete", "max_output_tokens"))
+        return effects
+
+    def _detect_turns(self, speech: Sequence[float]) -> Effects:
+        """Turn detection: speech_started (barging in on a response), speech_stopped, commit, respond."""
+        effects = Effects()
+        turn = session_config.turn_detection(self.config)
+        for event in self.turns.feed(speech, turn):
+            assert turn is not None
+            if event.kind == "started":
+                self._speech_item_id = new_id("item")
+                effects.events.append(self.events.speech_started(event.audio_ms, self._speech_item_id))
+                if self.response is not None and turn.get("interrupt_response", True):
+                    effects.extend(self._close_response("cancelled", "turn_detected"))
+                continue
+            item_id = self._speech_item_id or new_id("item")
+            self._speech_item_id = None
+            effects.events.append(self.events.speech_stopped(event.audio_ms, item_id))
+            effects.extend(self._commit_user_audio(item_id))
+            if turn.get("create_response", True) and self.response is None:
+                effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
         return effects
 
     def close(self) -> Effects:
@@ -234,9 +267,14 @@ class RealtimeSession:
                 "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, "
                 f"but buffer only has {buffered_ms:.2f}ms of audio.",
             )
+        return self._commit_user_audio(new_id("item"))
+
+    def _commit_user_audio(self, item_id: str) -> Effects:
+        """The buffered audio becomes a user item: committed, then the item entering the conversation."""
+        buffered_ms = self._buffered_samples * 1000 // SAMPLE_RATE
         self._buffered_samples = 0
         item = {
-            "id": new_id("item"),
+            "id": item_id,
             "type": "message",
             "role": "user",
             "status": "completed",
@@ -244,7 +282,7 @@ class RealtimeSession:
             "object": "realtime.item",
         }
         previous = self.conversation.insert(item)
-        effects = Effects(events=[self.events.input_audio_buffer_committed(item["id"], previous)])
+        effects = Effects(events=[self.events.input_audio_buffer_committed(item_id, previous)])
         effects.events.extend(self.events.item_entered(item, previous))
         effects.records.append(self._item_record(item, audio_ms=buffered_ms))
         return effects

@@ -31,7 +31,7 @@ DEFAULT_TURN_DETECTION: dict[str, Any] = {
     "type": "server_vad",
     "threshold": 0.5,
     "prefix_padding_ms": 300,
-    "silence_duration_ms": 200,
+    "silence_duration_ms": 500,  # OpenAI's documented default (its server has sent 200)
     "idle_timeout_ms": None,
     "create_response": True,
     "interrupt_response": True,
