@@ -164,3 +164,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         error = ProtocolError(code, message, param=param, type=error_type)
         await self.send(text_data=json.dumps(EventFactory(dialect).error(error, None)))
         await self.close(code=close_code, reason=f"{error_type}.{code}"[:120])
+
+
+class UnknownPathConsumer(AsyncWebsocketConsumer):
+    """Any WebSocket path but /v1/realtime: refuse the handshake (HTTP 403), log the path once."""
+
+    async def connect(self) -> None:
+        log.warning("refused a WebSocket connection to unknown path %r (the endpoint is /v1/realtime)", self.scope["path"])
+        await self.close()

@@ -1,5 +1,15 @@
-from django.urls import path
+"""WebSocket routes: the Realtime endpoint, and a clean refusal for any other path.
 
-from .consumers import RealtimeConsumer
+Without the catch-all, Channels' router raises for an unknown path and daphne answers the upgrade
+with a 500 and a traceback; a client that got the URL wrong (e.g. `ws://host/v1` used verbatim)
+deserves a plain refusal instead.
+"""
 
-websocket_urlpatterns = [path("v1/realtime", RealtimeConsumer.as_asgi())]
+from django.urls import re_path
+
+from .consumers import RealtimeConsumer, UnknownPathConsumer
+
+websocket_urlpatterns = [
+    re_path(r"^v1/realtime/?$", RealtimeConsumer.as_asgi()),
+    re_path(r"", UnknownPathConsumer.as_asgi()),
+]

@@ -66,10 +66,11 @@ class Response:
         text = self.transcript if final else ""
         return {"type": "audio", "transcript": text} if self.audio else {"type": "text", "text": text}
 
-    def item(self, status: str) -> dict[str, Any]:
-        """The assistant message item; empty while in progress, as OpenAI sends it."""
+    def item(self, status: str, *, partial: bool = False) -> dict[str, Any]:
+        """The assistant message item: announced empty while in progress, as OpenAI sends it;
+        ``partial`` fills in what has been said so far (for `conversation.item.retrieve`)."""
         content: list[dict[str, Any]] = []
-        if status != "in_progress":
+        if status != "in_progress" or partial:
             kind = "audio" if self.audio else "text"
             part: dict[str, Any] = {"type": assistant_part_type(self.dialect, kind)}
             part["transcript" if self.audio else "text"] = self.transcript

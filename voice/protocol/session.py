@@ -309,7 +309,10 @@ class RealtimeSession:
 
     def _item_retrieve(self, event: dict[str, Any]) -> Effects:
         self._validate(event)
-        return Effects(events=[self.events.item_retrieved(self.conversation.snapshot(event["item_id"]))])
+        snapshot = self.conversation.snapshot(event["item_id"])
+        if self.response is not None and self.response.item_id == event["item_id"]:
+            snapshot = self.response.item("in_progress", partial=True)  # what has been said so far
+        return Effects(events=[self.events.item_retrieved(snapshot)])
 
     def _item_truncate(self, event: dict[str, Any]) -> Effects:
         self._validate(event)
