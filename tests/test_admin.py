@@ -1,0 +1,63 @@
+"""Stored conversations in the Django admin: listed, filtered, and found by what was said."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+
+from transcripts import services
+from voice.protocol import records
+
+pytestmark = pytest.mark.django_db
+
+
+def store_conversation(session_id: str, assistant_text: str) -> int:
+    pk = services.conversation_start(
+        session_id=session_id, conversation_id="conv_" + session_id, dialect="ga",
+        model_name="moshi-demo-random-weights", model_type="sft",
+    )
+    services.conversation_records_apply(
+        conversation_pk=pk,
+        batch=[
+            records.ConfigAccepted(session={"instructions": "Be brief."}),
+            records.ItemStored(item_id=f"item_{session_id}", item_type="message", role="assistant",
+                               status="completed", text=assistant_text, position=1),
+        ],
+    )
+    services.conversation_end(conversation_pk=pk, reason="disconnect:1000")
+    return pk
+
+
+@pytest.fixture
+def staff_client(client):
+    user = User.objects.create_user("staff", password="pw", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return client
+
+
+def test_search_over_transcript_text_finds_the_conversation(staff_client) -> None:
+    store_conversation("sess_weather", "It will be sunny in Paris tomorrow.")
+    store_conversation("sess_booking", "A table for two at seven thirty.")
+    page = staff_client.get("/admin/transcripts/conversation/", {"q": "Paris"})
+    assert page.status_code == 200
+    assert b"sess_weather" in page.content and b"sess_booking" not in page.content
+
+
+def test_conversation_page_shows_its_items_and_configs(staff_client) -> None:
+    pk = store_conversation("sess_detail", "Bonjour, the next train leaves at noon.")
+    page = staff_client.get(f"/admin/transcripts/conversation/{pk}/change/")
+    assert page.status_code == 200
+    assert b"the next train leaves at noon" in page.content and b"Be brief." in page.content
+
+
+def test_items_filter_by_role(staff_client) -> None:
+    store_conversation("sess_filter", "Assistant words here.")
+    page = staff_client.get("/admin/transcripts/conversationitem/", {"role__exact": "assistant"})
+    assert page.status_code == 200 and b"Assistant words here." in page.content
+    empty = staff_client.get("/admin/transcripts/conversationitem/", {"role__exact": "user"})
+    assert b"Assistant words here." not in empty.content
+
+
+def test_anonymous_visitors_are_sent_to_the_login_page(client) -> None:
+    page = client.get("/admin/transcripts/conversation/")
+    assert page.status_code == 302 and "/admin/login/" in page["Location"]
