@@ -8,5 +8,7 @@ from voice import views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.healthz, name="readyz"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("", views.index, name="index"),
 ]

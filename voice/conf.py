@@ -22,7 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "DEMO_CHECKPOINT_DIR": "var/demo-checkpoint",
     "MAX_SESSIONS": 8,  # slots per model: concurrent sessions in one batched state
     "TICK_MS": 80.0,  # one batched step per tick; 0 = step as soon as a frame is ready (tests)
-    "INPUT_QUEUE_FRAMES": 64,  # per-session input bound, in 80 ms frames
+    "INPUT_QUEUE_FRAMES": 64,
+    "IDLE_TIMEOUT_S": 600.0,  # a session with no client event for this long ends; 0 = never  # per-session input bound, in 80 ms frames
     "MAX_MESSAGE_BYTES": 15 * 1024 * 1024,  # largest client event accepted (OpenAI's limit)
     "TORCH_COMPILE": "auto",  # auto = on cuda only (compiling on the CPU costs more than it saves)
     "RESPONSE_ACTIVITY_RMS": 0.02,

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from . import metrics
 from .conf import get_config
 from .engine.batched import EngineFailure, Slot
 from .engine.manager import get_manager
@@ -35,6 +37,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     slot: Slot | None = None
     recorder: SessionRecorder | None = None
     pump: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None
+    end_reason: str = ""
+    last_heard: float = 0.0
 
     async def connect(self) -> None:
         """Pick the dialect, take a model slot, greet with session.created."""
@@ -88,13 +93,17 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             client_address=f"{client[0]}:{client[1]}" if client[0] else "",
         )
         self.recorder.start()
+        metrics.SESSIONS_LIVE.inc()
+        self.last_heard = time.monotonic()
         await self._apply(self.session.start())
         self.pump = asyncio.create_task(self._pump_model_output(), name="model-output")
+        self.watchdog = asyncio.create_task(self._end_when_idle(), name="idle-watchdog")
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """One client event: the session decides, we send what it says and feed the model."""
         if self.session is None:
             return
+        self.last_heard = time.monotonic()
         if text_data is None:
             error = ProtocolError("invalid_event", "Binary frames are not supported; send JSON text events.")
             await self._send_events([self.session.events.error(error, None)])
@@ -109,13 +118,15 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Free the slot at once, then store what is left and close the conversation."""
-        if self.pump is not None:
-            self.pump.cancel()
+        for task in (self.pump, self.watchdog):
+            if task is not None:
+                task.cancel()
         if self.slot is not None:
             self.slot.release()
         if self.session is not None and self.recorder is not None:
             await self.recorder.add(self.session.close().records)
-            await self.recorder.close(reason=f"disconnect:{code}")
+            await self.recorder.close(reason=self.end_reason or f"disconnect:{code}")
+            metrics.SESSIONS_LIVE.dec()
         self.session = None
 
     # --- internals ----------------------------------------------------------------------------
@@ -140,6 +151,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _send_events(self, events: list[dict[str, Any]]) -> None:
         for event in events:
+            if event["type"] == "error":
+                metrics.ERRORS.labels(event["error"]["code"] or "none").inc()
             await self.send(text_data=json.dumps(event))
 
     async def _pump_model_output(self) -> None:
@@ -154,6 +167,34 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 await self._send_events([self.session.events.error(error, None)])
                 continue
             await self._apply(self.session.model_output(item.text, item.pcm, item.speech, item.client_audio))
+            if item.pcm is not None and item.client_audio:
+                sent = time.perf_counter()
+                metrics.FRAME_OVERHEAD_SECONDS.observe(sent - item.ready_at)
+                metrics.FRAME_LATENCY_SECONDS.observe(item.latency_s + sent - item.ready_at)
+            if self.slot.dropped_outputs:
+                metrics.DROPPED_OUTPUT_FRAMES.inc(self.slot.dropped_outputs)
+                self.slot.dropped_outputs = 0
+
+    async def _end_when_idle(self) -> None:
+        """End a session whose client has sent nothing for REALTIME_IDLE_TIMEOUT_S, freeing its slot."""
+        timeout = float(get_config()["IDLE_TIMEOUT_S"])
+        if timeout <= 0:
+            return
+        while True:
+            remaining = self.last_heard + timeout - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+                continue
+            if self.session is not None:
+                error = ProtocolError(
+                    "session_idle_timeout",
+                    f"The session ended: no client event for {timeout:g} seconds.",
+                    type="invalid_request_error",
+                )
+                await self._send_events([self.session.events.error(error, None)])
+            self.end_reason = "idle_timeout"
+            await self.close(code=1000)  # a clean close: clients such as LiveKit reconnect on any other
+            return
 
     async def _refuse(
         self, dialect: Dialect, code: str, message: str, close_code: int, error_type: str, param: str | None = None
@@ -161,6 +202,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """Tell the client why in an `error` event, then close, before any session state exists."""
         from .protocol.events import EventFactory
 
+        metrics.SESSIONS_REFUSED.labels(code).inc()
         error = ProtocolError(code, message, param=param, type=error_type)
         await self.send(text_data=json.dumps(EventFactory(dialect).error(error, None)))
         await self.close(code=close_code, reason=f"{error_type}.{code}"[:120])

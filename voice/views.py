@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .engine.manager import get_manager
 
@@ -23,3 +24,10 @@ def index(request: HttpRequest) -> HttpResponse:
     ready = manager is not None and manager.ready
     models = [engine.model.name for engine in manager.engines.values()] if ready else []
     return render(request, "index.html", {"ready": ready, "models": models})
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """This process's metrics in the Prometheus text format."""
+    from . import metrics  # noqa: F401 - registers the collectors
+
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

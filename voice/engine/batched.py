@@ -20,6 +20,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,7 +52,8 @@ class FrameOutput:
     pcm: np.ndarray | None
     speech: list[float]
     client_audio: bool
-    latency_s: float
+    latency_s: float  # client frame queued -> model output ready
+    ready_at: float = 0.0  # time.perf_counter() when the output was ready
 
 
 @dataclass
@@ -157,6 +159,7 @@ class BatchedEngine:
         compile: bool,
         seed: int = 0,
         lm_gen_overrides: dict | None = None,
+        on_step: Callable[[float], None] | None = None,
     ) -> None:
         self.model = model
         self.batch_size = batch_size
@@ -170,6 +173,7 @@ class BatchedEngine:
         self._vads = [SpeechDetector() for _ in range(batch_size)]
         self._pending_reset = torch.zeros(batch_size, dtype=torch.bool)
         self.stats = EngineStats()
+        self.on_step = on_step  # told each step's duration (metrics); runs on the inference thread
         self._stop = False
         torch.manual_seed(seed)
         lm_gen_config = {**model.info.lm_gen_config, **(lm_gen_overrides or {})}
@@ -261,6 +265,8 @@ class BatchedEngine:
                     self.stats.steps += 1
                     self.stats.last_step_s = time.perf_counter() - started
                     self.stats.step_seconds.append(self.stats.last_step_s)
+                    if self.on_step is not None:
+                        self.on_step(self.stats.last_step_s)
                 done = time.perf_counter()
                 for index, slot in batch.owners.items():
                     text, pcm = outputs.get(index, (None, None))
@@ -271,6 +277,7 @@ class BatchedEngine:
                             speech=speech[index],
                             client_audio=batch.client_audio[index],
                             latency_s=done - batch.enqueued[index],
+                            ready_at=done,
                         )
                     )
                 next_tick = max(next_tick + self.tick_s, done - self.tick_s)

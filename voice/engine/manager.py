@@ -7,11 +7,13 @@ they chose (sft, base or pretrain); the SFT model is required, the other two are
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import metrics
 from .batched import BatchedEngine, Slot
 from .checkpoint import ModelLoadError, load_model, resolve_device
 from .demo_checkpoint import write_demo_checkpoint
@@ -71,6 +73,7 @@ class ModelManager:
                 inbox_frames=self.config.inbox_frames,
                 compile=compile_models,
                 seed=self.config.seed,
+                on_step=functools.partial(metrics.observe_step, model_type, frame_seconds=0.08),
             )
             engine.start()
             self.engines[model_type] = engine

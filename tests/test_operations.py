@@ -1,0 +1,59 @@
+"""Operating the server: Prometheus metrics, readiness, and sessions that go idle."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from voice.protocol import Dialect
+
+from .conftest import TIMEOUT
+from .helpers import append_events, connected, read_pcm16
+from .strict import strict
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("model_manager")]
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    assert match, f"{name}{labels} not in /metrics"
+    return float(match.group(1))
+
+
+async def test_metrics_count_sessions_steps_latency_and_errors(async_client) -> None:
+    before = (await async_client.get("/metrics")).content.decode()
+    errors_before = metric(before, "realtime_errors_total", '{code="invalid_event"}') if "invalid_event" in before else 0
+    async with connected(Dialect.GA) as client:
+        for event in append_events(read_pcm16("weather_en_24k.wav")[: 48 * 800]):
+            await client.send(event)
+        await client.recv_until("input_audio_buffer.speech_started")  # the model has stepped on our audio
+        await client.send("not json")
+        assert (await client.recv())["error"]["code"] == "invalid_event"
+        during = (await async_client.get("/metrics")).content.decode()
+        assert metric(during, "realtime_sessions_live") >= 1
+        assert metric(during, "realtime_slots", '{model_type="sft",state="in_use"}') >= 1
+    after = (await async_client.get("/metrics")).content.decode()
+    assert metric(after, "realtime_model_ready") == 1.0
+    assert metric(after, "realtime_model_step_seconds_count", '{model_type="sft"}') > 0
+    assert metric(after, "realtime_frame_latency_seconds_count") > 0
+    assert metric(after, "realtime_frame_overhead_seconds_count") > 0
+    assert metric(after, "realtime_errors_total", '{code="invalid_event"}') == errors_before + 1
+    assert 'realtime_input_queue_frames{model_type="sft"}' in after
+
+
+async def test_an_idle_session_is_told_and_closed_cleanly(settings) -> None:
+    from realtime_project.asgi import application
+
+    settings.VOICE = {**settings.VOICE, "IDLE_TIMEOUT_S": 0.5}
+    communicator = WebsocketCommunicator(application, "/v1/realtime")
+    assert (await communicator.connect(timeout=TIMEOUT))[0]
+    assert json.loads(await communicator.receive_from(timeout=TIMEOUT))["type"] == "session.created"
+    event = json.loads(await communicator.receive_from(timeout=TIMEOUT))
+    strict(event, Dialect.GA)
+    assert event["error"]["code"] == "session_idle_timeout"
+    closing = await communicator.receive_output(timeout=TIMEOUT)
+    assert closing == {"type": "websocket.close", "code": 1000}
+    await communicator.disconnect()
