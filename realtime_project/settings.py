@@ -136,6 +136,7 @@ VOICE = {
     "RESPONSE_MAX_MS": env_int("RESPONSE_MAX_MS", 30000),
     "TORCH_COMPILE": os.environ.get("MOSHI_TORCH_COMPILE", "auto"),
     "SEED": env_int("MOSHI_SEED", 0),
+    "ENGINE": os.environ.get("REALTIME_ENGINE", "batched"),
 }
 
 LOGGING = {

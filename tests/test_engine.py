@@ -165,3 +165,25 @@ async def test_each_client_frame_comes_back_with_its_speech_scores(engine: Batch
     windows = sum(len(o.speech) for o in outputs)
     assert 20 <= windows <= 25, "800 ms of audio is 25 windows of 32 ms, less the resampler's delay"
     assert all(0.0 <= p <= 1.0 for o in outputs for p in o.speech)
+
+
+async def test_the_serial_baseline_steps_one_session_at_a_time(demo_checkpoint: Path) -> None:
+    from voice.engine.serial import SerialPool
+
+    model = load_model(str(demo_checkpoint), torch.device("cpu"))
+    pool = SerialPool(model, sessions=2, tick_s=0.0, inbox_frames=64, compile=False)
+    pool.start()
+    try:
+        loop = asyncio.get_running_loop()
+        first, second = pool.acquire(loop), pool.acquire(loop)
+        assert first is not None and second is not None and pool.acquire(loop) is None
+        assert first.engine.step_lock is second.engine.step_lock, "one lock for every session"
+        assert first.engine.model.lm is not second.engine.model.lm, "each session has its own state"
+        for x, y in zip(speech_like(6, 6), speech_like(7, 6), strict=True):
+            first.push(x)
+            second.push(y)
+        assert len(await collect(first, 5)) == 5 and len(await collect(second, 5)) == 5
+        first.release()
+        assert pool.slots_in_use == 1
+    finally:
+        pool.stop()

@@ -42,6 +42,7 @@ async def test_metrics_count_sessions_steps_latency_and_errors(async_client) -> 
     assert metric(after, "realtime_frame_overhead_seconds_count") > 0
     assert metric(after, "realtime_errors_total", '{code="invalid_event"}') == errors_before + 1
     assert 'realtime_input_queue_frames{model_type="sft"}' in after
+    assert metric(after, "realtime_event_loop_stall_seconds_count") > 0
 
 
 async def test_an_idle_session_is_told_and_closed_cleanly(settings) -> None:

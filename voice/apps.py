@@ -50,6 +50,7 @@ def load_models() -> None:
         inbox_frames=int(config["INPUT_QUEUE_FRAMES"]),
         compile=str(config["TORCH_COMPILE"]),
         seed=int(config["SEED"]),
+        engine=str(config["ENGINE"]),
     )
     try:
         install_manager(manager_config)

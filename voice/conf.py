@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "RESPONSE_END_SILENCE_MS": 800,
     "RESPONSE_MAX_MS": 30000,
     "SEED": 0,
+    "ENGINE": "batched",  # "serial" = the seed's design (one session stepped at a time), for benchmarks
 }
 
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import metrics
+from . import loop_monitor, metrics
 from .conf import get_config
 from .engine.batched import EngineFailure, Slot
 from .engine.manager import get_manager
@@ -47,6 +47,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         subprotocols: list[str] = self.scope.get("subprotocols", [])
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         dialect = Dialect.from_handshake(headers, subprotocols)
+        loop_monitor.watch_running_loop()
         # Echo `realtime` only when offered: the Python SDK offers none and fails on an unasked one.
         await self.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
 

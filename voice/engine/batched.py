@@ -160,6 +160,7 @@ class BatchedEngine:
         seed: int = 0,
         lm_gen_overrides: dict | None = None,
         on_step: Callable[[float], None] | None = None,
+        step_lock: threading.Lock | None = None,
     ) -> None:
         self.model = model
         self.batch_size = batch_size
@@ -174,6 +175,8 @@ class BatchedEngine:
         self._pending_reset = torch.zeros(batch_size, dtype=torch.bool)
         self.stats = EngineStats()
         self.on_step = on_step  # told each step's duration (metrics); runs on the inference thread
+        # Shared by the engines of a SerialPool: one session stepped at a time (the seed's design).
+        self.step_lock = step_lock or contextlib.nullcontext()
         self._stop = False
         torch.manual_seed(seed)
         lm_gen_config = {**model.info.lm_gen_config, **(lm_gen_overrides or {})}
@@ -255,7 +258,8 @@ class BatchedEngine:
                         index: self._vads[index].process(frame) if batch.client_audio[index] else []
                         for index, frame in batch.frames.items()
                     }
-                    outputs = self._step(batch.inputs, batch.exec_mask, batch.fresh_mask)
+                    with self.step_lock:
+                        outputs = self._step(batch.inputs, batch.exec_mask, batch.fresh_mask)
                 except Exception as exc:  # noqa: BLE001 - one failed step must not kill every session
                     log.exception("model step failed")
                     for slot in batch.owners.values():

@@ -17,6 +17,7 @@ from .. import metrics
 from .batched import BatchedEngine, Slot
 from .checkpoint import ModelLoadError, load_model, resolve_device
 from .demo_checkpoint import write_demo_checkpoint
+from .serial import SerialPool
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,14 @@ class ManagerConfig:
     inbox_frames: int = 64
     compile: str = "auto"
     seed: int = 0
+    engine: str = "batched"  # "serial": the seed's one-session-at-a-time design, for benchmarks
 
 
 class ModelManager:
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        self.engines: dict[str, BatchedEngine] = {}
+        self.engines: dict[str, BatchedEngine | SerialPool] = {}
         self.ready = False
 
     def load(self) -> None:
@@ -66,15 +68,18 @@ class ModelManager:
             if not reference:
                 continue
             model = load_model(reference, self.device)
-            engine = BatchedEngine(
-                model,
-                batch_size=self.config.max_sessions,
-                tick_s=self.config.tick_ms / 1000.0,
-                inbox_frames=self.config.inbox_frames,
-                compile=compile_models,
-                seed=self.config.seed,
-                on_step=functools.partial(metrics.observe_step, model_type, frame_seconds=0.08),
-            )
+            options = {
+                "tick_s": self.config.tick_ms / 1000.0,
+                "inbox_frames": self.config.inbox_frames,
+                "compile": compile_models,
+                "seed": self.config.seed,
+                "on_step": functools.partial(metrics.observe_step, model_type, frame_seconds=0.08),
+            }
+            engine: BatchedEngine | SerialPool
+            if self.config.engine == "serial":
+                engine = SerialPool(model, sessions=self.config.max_sessions, **options)
+            else:
+                engine = BatchedEngine(model, batch_size=self.config.max_sessions, **options)
             engine.start()
             self.engines[model_type] = engine
             log.info("model type %s ready: %s on %s, %d slots", model_type, model.name, self.device, self.config.max_sessions)
