@@ -135,6 +135,13 @@ VOICE = {
     "RESPONSE_END_SILENCE_MS": env_int("RESPONSE_END_SILENCE_MS", 800),
     "RESPONSE_MAX_MS": env_int("RESPONSE_MAX_MS", 30000),
     "TORCH_COMPILE": os.environ.get("MOSHI_TORCH_COMPILE", "auto"),
+    "ASR_BACKEND": os.environ.get("ASR_BACKEND", "voice.asr.backends.openai_compatible_from_settings"),
+    "ASR_BASE_URL": os.environ.get("ASR_BASE_URL", ""),
+    "ASR_API_KEY": os.environ.get("ASR_API_KEY", ""),
+    "ASR_MODEL": os.environ.get("ASR_MODEL", ""),
+    "ASR_TIMEOUT_S": env_float("ASR_TIMEOUT_S", 30.0),
+    "ASR_RETRIES": env_int("ASR_RETRIES", 2),
+    "ASR_MAX_PENDING": env_int("ASR_MAX_PENDING", 4),
     "SEED": env_int("MOSHI_SEED", 0),
     "ENGINE": os.environ.get("REALTIME_ENGINE", "batched"),
 }

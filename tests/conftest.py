@@ -13,10 +13,12 @@ import pytest
 TIMEOUT = float(os.environ.get("TEST_TIMEOUT", "20"))
 SHARED_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
 
-# Settings the tests run under: the model steps as soon as a frame is ready (no 80 ms pacing) and
-# the demo model's responses (it never falls silent) end after 1.6 s of output.
+# Settings the tests run under: the model steps as soon as a frame is ready (no 80 ms pacing), the
+# demo model's responses (it never falls silent) end after 1.6 s of output, and the input queue
+# holds 20 s, since tests send whole recordings at once (test_engine checks the bound itself).
 TEST_VOICE = {
     "TICK_MS": 0.0,
+    "INPUT_QUEUE_FRAMES": 256,
     "MAX_SESSIONS": 4,
     "RESPONSE_MAX_MS": 1600,
     "LOAD_MODEL": "0",
@@ -36,7 +38,11 @@ def model_manager(demo_checkpoint: Path):
     from voice.engine import manager as manager_module
 
     config = manager_module.ManagerConfig(
-        models={}, demo_dir=demo_checkpoint, max_sessions=TEST_VOICE["MAX_SESSIONS"], tick_ms=TEST_VOICE["TICK_MS"]
+        models={},
+        demo_dir=demo_checkpoint,
+        max_sessions=TEST_VOICE["MAX_SESSIONS"],
+        tick_ms=TEST_VOICE["TICK_MS"],
+        inbox_frames=TEST_VOICE["INPUT_QUEUE_FRAMES"],
     )
     installed = manager_module.install_manager(config)
     yield installed

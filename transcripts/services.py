@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from voice.protocol import records
 
-from .models import Conversation, ConversationItem, SessionConfig
+from .models import Conversation, ConversationItem, SessionConfig, Transcription
 
 
 def conversation_start(
@@ -49,6 +49,8 @@ def conversation_records_apply(*, conversation_pk: int, batch: Iterable[records.
             _item_store(conversation_pk, record)
         elif isinstance(record, records.ItemDeleted):
             ConversationItem.objects.filter(conversation_id=conversation_pk, item_id=record.item_id).update(deleted=True)
+        elif isinstance(record, records.TranscriptionStored):
+            _transcription_record(conversation_pk, record)
         elif isinstance(record, records.ItemTruncated):
             ConversationItem.objects.filter(conversation_id=conversation_pk, item_id=record.item_id).update(
                 truncated_at_ms=record.audio_end_ms, text=record.heard_text
@@ -86,3 +88,23 @@ def _item_store(conversation_pk: int, record: records.ItemStored) -> None:
     if existing.truncated_at_ms is None:
         existing.text = record.text  # a truncation already stored what was heard; keep it
     existing.save()
+
+
+def _transcription_record(conversation_pk: int, record: records.TranscriptionStored) -> None:
+    """The ASR outcome on its user item; a completed one also becomes the item's text."""
+    item, _ = ConversationItem.objects.get_or_create(
+        conversation_id=conversation_pk, item_id=record.item_id, defaults={"role": "user", "item_type": "message"}
+    )
+    failed = record.error is not None
+    Transcription.objects.create(
+        item=item,
+        text=record.text,
+        model=record.model,
+        language=record.language or "",
+        latency_ms=record.latency_ms,
+        status=Transcription.Status.FAILED if failed else Transcription.Status.COMPLETED,
+        error="" if not failed else f"{record.error_code}: {record.error}",
+    )
+    if not failed:
+        item.text = record.text
+        item.save(update_fields=["text", "updated_at"])

@@ -29,6 +29,13 @@ DEFAULTS: dict[str, Any] = {
     "RESPONSE_ACTIVITY_RMS": 0.02,
     "RESPONSE_END_SILENCE_MS": 800,
     "RESPONSE_MAX_MS": 30000,
+    "ASR_BACKEND": "voice.asr.backends.openai_compatible_from_settings",  # dotted path to a backend factory
+    "ASR_BASE_URL": "",  # an OpenAI-compatible transcription API; with ASR_API_KEY also empty, transcription is off
+    "ASR_API_KEY": "",
+    "ASR_MODEL": "",  # when set, the model the ASR service is asked for, whatever the session names
+    "ASR_TIMEOUT_S": 30.0,
+    "ASR_RETRIES": 2,  # further attempts after a timeout, a 5xx or a 429, with exponential backoff
+    "ASR_MAX_PENDING": 4,  # segments per session waiting for the ASR service; more fail at once
     "SEED": 0,
     "ENGINE": "batched",  # "serial" = the seed's design (one session stepped at a time), for benchmarks
 }

@@ -16,13 +16,16 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import loop_monitor, metrics
+from .asr import get_backend
 from .conf import get_config
 from .engine.batched import EngineFailure, Slot
 from .engine.manager import get_manager
 from .protocol import Dialect, Effects, RealtimeSession, SessionOptions
 from .protocol.errors import ProtocolError
 from .protocol.responses import ResponsePolicy
+from .protocol.session import TranscriptionOutcome
 from .recorder import SessionRecorder
+from .transcriber import SessionTranscriber
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     recorder: SessionRecorder | None = None
     pump: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
+    transcriber: SessionTranscriber | None = None
+    gone: bool = False  # the client has disconnected: store, but send nothing
     end_reason: str = ""
     last_heard: float = 0.0
 
@@ -94,6 +99,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             client_address=f"{client[0]}:{client[1]}" if client[0] else "",
         )
         self.recorder.start()
+        self.transcriber = SessionTranscriber(
+            get_backend(),
+            self._transcribed,
+            timeout=float(config["ASR_TIMEOUT_S"]),
+            retries=int(config["ASR_RETRIES"]),
+            max_pending=int(config["ASR_MAX_PENDING"]),
+        )
         metrics.SESSIONS_LIVE.inc()
         self.last_heard = time.monotonic()
         await self._apply(self.session.start())
@@ -124,8 +136,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 task.cancel()
         if self.slot is not None:
             self.slot.release()
+        self.gone = True
         if self.session is not None and self.recorder is not None:
             await self.recorder.add(self.session.close().records)
+            if self.transcriber is not None:  # a turn being transcribed is still stored
+                config = get_config()
+                await self.transcriber.finish(timeout=float(config["ASR_TIMEOUT_S"]) * (int(config["ASR_RETRIES"]) + 1))
             await self.recorder.close(reason=self.end_reason or f"disconnect:{code}")
             metrics.SESSIONS_LIVE.dec()
         self.session = None
@@ -146,6 +162,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             )
             effects.events.append(self.session.events.error(error, None))
         self.slot.set_keep_running(self.session.wants_output)
+        if self.transcriber is not None:
+            for request in effects.transcriptions:
+                self.transcriber.submit(request)
         await self._send_events(effects.events)
         if effects.records and self.recorder is not None:
             await self.recorder.add(effects.records)
@@ -175,6 +194,16 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             if self.slot.dropped_outputs:
                 metrics.DROPPED_OUTPUT_FRAMES.inc(self.slot.dropped_outputs)
                 self.slot.dropped_outputs = 0
+
+    async def _transcribed(self, outcome: TranscriptionOutcome) -> None:
+        """An ASR result, in commit order: tell the client (if still here) and store it."""
+        if self.session is None:
+            return
+        effects = self.session.transcription_completed(outcome)
+        if not self.gone:
+            await self._send_events(effects.events)
+        if self.recorder is not None:
+            await self.recorder.add(effects.records)
 
     async def _end_when_idle(self) -> None:
         """End a session whose client has sent nothing for REALTIME_IDLE_TIMEOUT_S, freeing its slot."""

@@ -87,6 +87,23 @@ class EventFactory:
     def item_deleted(self, item_id: str) -> dict[str, Any]:
         return self._event("conversation.item.deleted", item_id=item_id)
 
+    def transcription_completed(self, item_id: str, transcript: str, audio_seconds: float) -> dict[str, Any]:
+        return self._event(
+            "conversation.item.input_audio_transcription.completed",
+            item_id=item_id,
+            content_index=0,
+            transcript=transcript,
+            usage={"type": "duration", "seconds": round(audio_seconds, 3)},
+        )
+
+    def transcription_failed(self, item_id: str, code: str | None, message: str) -> dict[str, Any]:
+        return self._event(
+            "conversation.item.input_audio_transcription.failed",
+            item_id=item_id,
+            content_index=0,
+            error={"type": "transcription_error", "code": code, "message": message, "param": None},
+        )
+
     # --- responses ----------------------------------------------------------------------------
 
     def response_created(self, response: dict[str, Any]) -> dict[str, Any]:

@@ -42,4 +42,18 @@ class ItemTruncated:
     heard_text: str
 
 
-Record = ConfigAccepted | ItemStored | ItemDeleted | ItemTruncated
+@dataclass(frozen=True)
+class TranscriptionStored:
+    """An ASR result (or failure) for a user item."""
+
+    item_id: str
+    text: str
+    model: str
+    language: str | None
+    latency_ms: int
+    audio_seconds: float
+    error: str | None = None
+    error_code: str | None = None
+
+
+Record = ConfigAccepted | ItemStored | ItemDeleted | ItemTruncated | TranscriptionStored

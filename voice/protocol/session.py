@@ -7,7 +7,9 @@ ProtocolError becomes an `error` event naming the offending client event, and th
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import typing
@@ -27,6 +29,7 @@ from .dialect import Dialect
 from .errors import ProtocolError
 from .events import EventFactory
 from .ids import new_id
+from .input_buffer import InputAudioBuffer
 from .responses import Response, ResponsePolicy
 from .turn_detection import TurnDetector
 
@@ -53,11 +56,38 @@ class Effects:
     events: list[dict[str, Any]] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list)
     records: list[records.Record] = field(default_factory=list)
+    transcriptions: list[TranscriptionRequest] = field(default_factory=list)
 
     def extend(self, other: Effects) -> None:
         self.events.extend(other.events)
         self.frames.extend(other.frames)
         self.records.extend(other.records)
+        self.transcriptions.extend(other.transcriptions)
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """A committed user turn to transcribe (24 kHz float32 audio) with the session's settings."""
+
+    item_id: str
+    audio: np.ndarray
+    model: str
+    language: str | None
+    prompt: str | None
+
+
+@dataclass(frozen=True)
+class TranscriptionOutcome:
+    """What the ASR service made of a TranscriptionRequest: text, or an error code and message."""
+
+    item_id: str
+    text: str
+    model: str
+    language: str | None
+    latency_ms: int
+    audio_seconds: float
+    error: str | None = None
+    error_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +114,8 @@ class RealtimeSession:
         self._frames = FrameAssembler()
         self.turns = TurnDetector()
         self._speech_item_id: str | None = None
-        self._buffered_samples = 0
+        self._speech_start_ms = 0
+        self.input_audio = InputAudioBuffer()
         self._positions = 0
         # Text of responses whose audio the client truncated, so their stored text is what was heard.
         self._heard: dict[str, str] = {}
@@ -175,6 +206,7 @@ class RealtimeSession:
             assert turn is not None
             if event.kind == "started":
                 self._speech_item_id = new_id("item")
+                self._speech_start_ms = event.audio_ms
                 effects.events.append(self.events.speech_started(event.audio_ms, self._speech_item_id))
                 if self.response is not None and turn.get("interrupt_response", True):
                     effects.extend(self._close_response("cancelled", "turn_detected"))
@@ -182,7 +214,7 @@ class RealtimeSession:
             item_id = self._speech_item_id or new_id("item")
             self._speech_item_id = None
             effects.events.append(self.events.speech_stopped(event.audio_ms, item_id))
-            effects.extend(self._commit_user_audio(item_id))
+            effects.extend(self._commit_user_audio(item_id, self.input_audio.take(self._speech_start_ms, event.audio_ms)))
             if turn.get("create_response", True) and self.response is None:
                 effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
         return effects
@@ -256,23 +288,22 @@ class RealtimeSession:
         if "audio" not in event:
             raise ProtocolError("missing_required_parameter", "Missing required parameter: 'audio'.", param="audio")
         samples = decode_pcm16(event["audio"])
-        self._buffered_samples += samples.size
+        self.input_audio.append(samples)
         return Effects(frames=self._frames.push(samples))
 
     def _commit(self, event: dict[str, Any]) -> Effects:
-        buffered_ms = self._buffered_samples * 1000 // SAMPLE_RATE
+        buffered_ms = self.input_audio.buffered_samples * 1000 // SAMPLE_RATE
         if buffered_ms < MIN_COMMIT_MS:
             raise ProtocolError(
                 "input_audio_buffer_commit_empty",
                 "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, "
                 f"but buffer only has {buffered_ms:.2f}ms of audio.",
             )
-        return self._commit_user_audio(new_id("item"))
+        return self._commit_user_audio(new_id("item"), self.input_audio.take())
 
-    def _commit_user_audio(self, item_id: str) -> Effects:
-        """The buffered audio becomes a user item: committed, then the item entering the conversation."""
-        buffered_ms = self._buffered_samples * 1000 // SAMPLE_RATE
-        self._buffered_samples = 0
+    def _commit_user_audio(self, item_id: str, audio: np.ndarray) -> Effects:
+        """A user turn becomes an item: committed, the item entering the conversation, transcription."""
+        buffered_ms = audio.size * 1000 // SAMPLE_RATE
         item = {
             "id": item_id,
             "type": "message",
@@ -285,10 +316,34 @@ class RealtimeSession:
         effects = Effects(events=[self.events.input_audio_buffer_committed(item_id, previous)])
         effects.events.extend(self.events.item_entered(item, previous))
         effects.records.append(self._item_record(item, audio_ms=buffered_ms))
+        transcription = self.config["audio"]["input"]["transcription"]
+        if transcription is not None and audio.size:
+            effects.transcriptions.append(
+                TranscriptionRequest(
+                    item_id=item_id,
+                    audio=audio,
+                    model=transcription.get("model") or "",
+                    language=transcription.get("language"),
+                    prompt=transcription.get("prompt"),
+                )
+            )
         return effects
 
+    def transcription_completed(self, result: TranscriptionOutcome) -> Effects:
+        """The ASR service's text for a user item: the event, the item's transcript, the record."""
+        if result.error is None:
+            event = self.events.transcription_completed(result.item_id, result.text, result.audio_seconds)
+            with contextlib.suppress(ProtocolError):  # the client may have deleted the item meanwhile
+                item = self.conversation.get(result.item_id, "invalid_value", "transcribing")
+                for part in item.get("content", []):
+                    if part.get("type") == "input_audio":
+                        part["transcript"] = result.text
+        else:
+            event = self.events.transcription_failed(result.item_id, result.error_code, result.error)
+        return Effects(events=[event], records=[records.TranscriptionStored(**dataclasses.asdict(result))])
+
     def _clear(self, event: dict[str, Any]) -> Effects:
-        self._buffered_samples = 0
+        self.input_audio.clear()
         self._frames.clear()
         return Effects(events=[self.events.input_audio_buffer_cleared()])
 
