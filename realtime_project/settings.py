@@ -142,6 +142,8 @@ VOICE = {
     "ASR_TIMEOUT_S": env_float("ASR_TIMEOUT_S", 30.0),
     "ASR_RETRIES": env_int("ASR_RETRIES", 2),
     "ASR_MAX_PENDING": env_int("ASR_MAX_PENDING", 4),
+    "OPEN_ENDPOINT": os.environ.get("REALTIME_OPEN_ENDPOINT", "auto"),
+    "ALLOWED_ORIGINS": [o.strip() for o in os.environ.get("REALTIME_ALLOWED_ORIGINS", "").split(",") if o.strip()],
     "SEED": env_int("MOSHI_SEED", 0),
     "ENGINE": os.environ.get("REALTIME_ENGINE", "batched"),
 }

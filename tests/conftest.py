@@ -22,6 +22,7 @@ TEST_VOICE = {
     "MAX_SESSIONS": 4,
     "RESPONSE_MAX_MS": 1600,
     "LOAD_MODEL": "0",
+    "OPEN_ENDPOINT": "1",  # pytest-django runs with DEBUG off; tests/test_access.py turns keys on
 }
 
 

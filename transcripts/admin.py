@@ -24,8 +24,8 @@ class SessionConfigInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("session_id", "started_at", "ended_at", "dialect", "model_type", "model_name", "client_address")
-    list_filter = ("dialect", "model_type", "model_name", "started_at", "end_reason")
+    list_display = ("session_id", "started_at", "ended_at", "dialect", "model_type", "model_name", "api_key", "client_address")
+    list_filter = ("dialect", "model_type", "model_name", "api_key", "started_at", "end_reason")
     search_fields = ("session_id", "conversation_id", "items__text", "items__transcriptions__text")
     date_hierarchy = "started_at"
     readonly_fields = [f.name for f in Conversation._meta.fields]

@@ -19,6 +19,10 @@ class Conversation(models.Model):
     model_type = models.CharField(max_length=16, default="sft")
     requested_model = models.CharField(max_length=255, blank=True, help_text="The model the client asked for.")
     client_address = models.CharField(max_length=64, blank=True)
+    api_key = models.ForeignKey(
+        "voice.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations",
+        help_text="The key that opened the session (none on an open endpoint).",
+    )
     started_at = models.DateTimeField(auto_now_add=True, db_index=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=64, blank=True)

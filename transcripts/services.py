@@ -26,6 +26,7 @@ def conversation_start(
     model_type: str,
     requested_model: str = "",
     client_address: str = "",
+    api_key_id: int | None = None,
 ) -> int:
     conversation = Conversation.objects.create(
         session_id=session_id,
@@ -35,6 +36,7 @@ def conversation_start(
         model_type=model_type,
         requested_model=requested_model,
         client_address=client_address,
+        api_key_id=api_key_id,
     )
     return conversation.pk
 

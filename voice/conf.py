@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "ASR_TIMEOUT_S": 30.0,
     "ASR_RETRIES": 2,  # further attempts after a timeout, a 5xx or a 429, with exponential backoff
     "ASR_MAX_PENDING": 4,  # segments per session waiting for the ASR service; more fail at once
+    "OPEN_ENDPOINT": "auto",  # anyone may connect without an API key; auto = only when DEBUG
+    "ALLOWED_ORIGINS": [],  # browser origins allowed besides ALLOWED_HOSTS, e.g. "https://app.example.com"
     "SEED": 0,
     "ENGINE": "batched",  # "serial" = the seed's design (one session stepped at a time), for benchmarks
 }

@@ -17,6 +17,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import loop_monitor, metrics
 from .asr import get_backend
+from .auth import authenticate, open_endpoint, presented_key
 from .conf import get_config
 from .engine.batched import EngineFailure, Slot
 from .engine.manager import get_manager
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # Close codes: 1000 ends an SDK client's `async for` quietly; any other makes it raise.
 CLOSE_TRY_AGAIN = 4013  # 1013 in the private range: daphne (autobahn) sends only 1000 and 3000-4999
 CLOSE_POLICY = 4000
+CLOSE_AUTH = 3000  # what OpenAI sends for a bad key (reason invalid_request_error.invalid_api_key)
 CLOSE_SERVER_ERROR = 4011  # 1011 in the private range, for the same reason
 
 
@@ -55,6 +57,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         loop_monitor.watch_running_loop()
         # Echo `realtime` only when offered: the Python SDK offers none and fails on an unasked one.
         await self.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
+        api_key = await authenticate(presented_key(headers, subprotocols))
+        if api_key is None and not open_endpoint():
+            # Before any session state; the same answer for a missing, wrong or revoked key.
+            await self._refuse(
+                dialect, "invalid_api_key", "Incorrect or missing API key.", CLOSE_AUTH, "invalid_request_error"
+            )
+            return
 
         model_type = query.get("model_type", ["sft"])[0]
         manager = get_manager()
@@ -97,6 +106,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             model_type=model_type,
             requested_model=query.get("model", [""])[0],
             client_address=f"{client[0]}:{client[1]}" if client[0] else "",
+            api_key_id=api_key["id"] if api_key else None,
         )
         self.recorder.start()
         self.transcriber = SessionTranscriber(
