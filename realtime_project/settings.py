@@ -116,6 +116,10 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 # Serve app static files (the admin's) straight from the finders so daphne needs no collectstatic.
 WHITENOISE_USE_FINDERS = True
 
+# Recordings (REALTIME_RECORD_AUDIO) go through the default storage; files under var/media by default.
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or BASE_DIR / "var" / "media")
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The voice app's own settings, one dict (see voice/conf.py for what each key does).
@@ -144,6 +148,7 @@ VOICE = {
     "ASR_MAX_PENDING": env_int("ASR_MAX_PENDING", 4),
     "OPEN_ENDPOINT": os.environ.get("REALTIME_OPEN_ENDPOINT", "auto"),
     "ALLOWED_ORIGINS": [o.strip() for o in os.environ.get("REALTIME_ALLOWED_ORIGINS", "").split(",") if o.strip()],
+    "RECORD_AUDIO": env_bool("REALTIME_RECORD_AUDIO", False),
     "SEED": env_int("MOSHI_SEED", 0),
     "ENGINE": os.environ.get("REALTIME_ENGINE", "batched"),
 }

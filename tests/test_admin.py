@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from django.contrib.auth.models import User
 
 from transcripts import services
 from voice.protocol import records
+
+from .conftest import TIMEOUT
 
 pytestmark = pytest.mark.django_db
 
@@ -61,3 +65,52 @@ def test_items_filter_by_role(staff_client) -> None:
 def test_anonymous_visitors_are_sent_to_the_login_page(client) -> None:
     page = client.get("/admin/transcripts/conversation/")
     assert page.status_code == 302 and "/admin/login/" in page["Location"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("model_manager")
+async def test_a_recorded_conversation_plays_in_its_timeline_page(settings, tmp_path, async_client) -> None:
+    import io
+    import wave
+
+    from asgiref.sync import sync_to_async
+    from channels.db import database_sync_to_async
+
+    from transcripts.models import Conversation
+    from voice.protocol import Dialect
+
+    from .helpers import append_events, connected, read_pcm16
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    settings.VOICE = {**settings.VOICE, "RECORD_AUDIO": True}
+    async with connected(Dialect.GA) as client:
+        session_id = client.received[0]["session"]["id"]
+        await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+        for event in append_events(read_pcm16("weather_en_24k.wav")[: 48 * 2000]):
+            await client.send(event)
+        await client.send({"type": "response.create"})  # after the audio: the response answers it
+        await client.recv_until("response.done")
+
+    @database_sync_to_async
+    def recorded() -> Conversation | None:
+        return Conversation.objects.filter(session_id=session_id).exclude(output_audio="").first()
+
+    async with asyncio.timeout(TIMEOUT):
+        while (conversation := await recorded()) is None:
+            await asyncio.sleep(0.05)
+
+    user = await sync_to_async(User.objects.create_user)("auditor", password="pw", is_staff=True, is_superuser=True)
+    await sync_to_async(async_client.force_login)(user)
+    page = await async_client.get(f"/admin/transcripts/conversation/{conversation.pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Timeline" in html and "session config #1" in html and "assistant item" in html
+    assert f"/admin/transcripts/conversation/{conversation.pk}/audio/input/" in html
+    for track in ("input", "output"):
+        audio = await async_client.get(f"/admin/transcripts/conversation/{conversation.pk}/audio/{track}/")
+        assert audio.status_code == 200 and audio["Content-Type"] == "audio/wav"
+        body = b"".join(audio.streaming_content)
+        with wave.open(io.BytesIO(body)) as wav:
+            assert wav.getframerate() == 24000 and wav.getnchannels() == 1
+            seconds = wav.getnframes() / 24000
+        assert 1.5 <= seconds <= 2.0, f"{track}: the 2 s sent, cut to whole 80 ms frames the model stepped on"

@@ -23,6 +23,8 @@ class Conversation(models.Model):
         "voice.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations",
         help_text="The key that opened the session (none on an open endpoint).",
     )
+    input_audio = models.FileField(upload_to="recordings/", blank=True, help_text="The client's audio (recording on).")
+    output_audio = models.FileField(upload_to="recordings/", blank=True, help_text="What the server sent back.")
     started_at = models.DateTimeField(auto_now_add=True, db_index=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=64, blank=True)

@@ -65,6 +65,11 @@ def conversation_end(*, conversation_pk: int, reason: str) -> None:
     )
 
 
+def conversation_recordings_attach(*, conversation_pk: int, input_name: str, output_name: str) -> None:
+    """Point the conversation at its recorded WAVs (already saved through the storage API)."""
+    Conversation.objects.filter(pk=conversation_pk).update(input_audio=input_name, output_audio=output_name)
+
+
 def _config_record(conversation_pk: int, record: records.ConfigAccepted) -> None:
     last = SessionConfig.objects.filter(conversation_id=conversation_pk).aggregate(n=Max("sequence"))["n"]
     SessionConfig.objects.create(conversation_id=conversation_pk, sequence=(last or 0) + 1, config=record.session)

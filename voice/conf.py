@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "ASR_MAX_PENDING": 4,  # segments per session waiting for the ASR service; more fail at once
     "OPEN_ENDPOINT": "auto",  # anyone may connect without an API key; auto = only when DEBUG
     "ALLOWED_ORIGINS": [],  # browser origins allowed besides ALLOWED_HOSTS, e.g. "https://app.example.com"
+    "RECORD_AUDIO": False,  # keep each session's input and output audio as WAVs (storage API)
     "SEED": 0,
     "ENGINE": "batched",  # "serial" = the seed's design (one session stepped at a time), for benchmarks
 }

@@ -13,10 +13,14 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+
+from transcripts import services
 
 from . import loop_monitor, metrics
 from .asr import get_backend
+from .audio_recording import SessionAudioRecorder
 from .auth import authenticate, open_endpoint, presented_key
 from .conf import get_config
 from .engine.batched import EngineFailure, Slot
@@ -44,6 +48,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     pump: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
     transcriber: SessionTranscriber | None = None
+    audio_recorder: SessionAudioRecorder | None = None
     gone: bool = False  # the client has disconnected: store, but send nothing
     end_reason: str = ""
     last_heard: float = 0.0
@@ -109,6 +114,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             api_key_id=api_key["id"] if api_key else None,
         )
         self.recorder.start()
+        if config["RECORD_AUDIO"]:
+            self.audio_recorder = SessionAudioRecorder(self.session.session_id)
         self.transcriber = SessionTranscriber(
             get_backend(),
             self._transcribed,
@@ -153,6 +160,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 config = get_config()
                 await self.transcriber.finish(timeout=float(config["ASR_TIMEOUT_S"]) * (int(config["ASR_RETRIES"]) + 1))
             await self.recorder.close(reason=self.end_reason or f"disconnect:{code}")
+            if self.audio_recorder is not None and self.recorder.conversation_pk is not None:
+                names = await self.audio_recorder.finish()
+                await database_sync_to_async(services.conversation_recordings_attach)(
+                    conversation_pk=self.recorder.conversation_pk, input_name=names["input"], output_name=names["output"]
+                )
             metrics.SESSIONS_LIVE.dec()
         self.session = None
 
@@ -196,7 +208,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 error = ProtocolError("model_error", item.message, type="server_error")
                 await self._send_events([self.session.events.error(error, None)])
                 continue
-            await self._apply(self.session.model_output(item.text, item.pcm, item.speech, item.client_audio))
+            effects = self.session.model_output(item.text, item.pcm, item.speech, item.client_audio)
+            if self.audio_recorder is not None and item.client_audio and item.heard is not None:
+                sent = any(event["type"].endswith("audio.delta") for event in effects.events)
+                self.audio_recorder.add_frame(item.heard, item.pcm if sent else None)
+            await self._apply(effects)
             if item.pcm is not None and item.client_audio:
                 sent = time.perf_counter()
                 metrics.FRAME_OVERHEAD_SECONDS.observe(sent - item.ready_at)

@@ -53,6 +53,7 @@ class FrameOutput:
     speech: list[float]
     client_audio: bool
     latency_s: float  # client frame queued -> model output ready
+    heard: np.ndarray | None = None  # the input frame the model stepped on (for recordings)
     ready_at: float = 0.0  # time.perf_counter() when the output was ready
 
 
@@ -282,6 +283,7 @@ class BatchedEngine:
                             client_audio=batch.client_audio[index],
                             latency_s=done - batch.enqueued[index],
                             ready_at=done,
+                            heard=batch.frames[index],
                         )
                     )
                 next_tick = max(next_tick + self.tick_s, done - self.tick_s)
