@@ -187,3 +187,15 @@ async def test_the_serial_baseline_steps_one_session_at_a_time(demo_checkpoint: 
         assert pool.slots_in_use == 1
     finally:
         pool.stop()
+
+
+async def test_a_client_that_reads_slowly_cannot_grow_the_output_queue(engine: BatchedEngine) -> None:
+    from voice.engine.batched import OUTBOX_FRAMES
+
+    slot = engine.acquire(asyncio.get_running_loop())
+    assert slot is not None
+    silence = np.zeros(1920, np.float32)
+    for _ in range(OUTBOX_FRAMES + 36):  # nobody reads: the session's sender is stuck
+        slot._deliver(FrameOutput(text=None, pcm=silence, speech=[], client_audio=True, latency_s=0.0))
+    assert slot.outbox.qsize() == OUTBOX_FRAMES and slot.dropped_outputs == 36
+    slot.release()

@@ -58,3 +58,34 @@ async def test_an_idle_session_is_told_and_closed_cleanly(settings) -> None:
     closing = await communicator.receive_output(timeout=TIMEOUT)
     assert closing == {"type": "websocket.close", "code": 1000}
     await communicator.disconnect()
+
+
+async def test_no_slot_leaks_when_many_sessions_come_and_go(model_manager) -> None:
+    """Sessions that hang up at every stage, cleanly or abruptly, all give their slot back."""
+    import asyncio
+
+    from realtime_project.asgi import application
+
+    engine = model_manager.engines["sft"]
+    pcm = read_pcm16("weather_en_24k.wav")[: 48 * 400]
+
+    async def one_session(round_number: int) -> None:
+        communicator = WebsocketCommunicator(application, "/v1/realtime")
+        assert (await communicator.connect(timeout=TIMEOUT))[0]
+        stage = round_number % 4
+        if stage >= 1:
+            for event in append_events(pcm):
+                await communicator.send_to(text_data=json.dumps(event))
+        if stage >= 2:
+            await communicator.send_to(text_data=json.dumps({"type": "response.create"}))
+        if stage == 3:
+            await communicator.send_to(text_data="{broken")
+        await asyncio.sleep(0.01 * stage)
+        await communicator.disconnect(code=1000 if round_number % 2 else 1006)
+
+    for batch in range(6):
+        await asyncio.gather(*(one_session(batch * 4 + n) for n in range(engine.batch_size)))
+    async with asyncio.timeout(TIMEOUT):
+        while engine.slots_in_use:
+            await asyncio.sleep(0.05)
+    assert all(slot is None for slot in engine.slots)
