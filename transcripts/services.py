@@ -51,7 +51,7 @@ def conversation_records_apply(*, conversation_pk: int, batch: Iterable[records.
             _item_store(conversation_pk, record)
         elif isinstance(record, records.ItemDeleted):
             ConversationItem.objects.filter(conversation_id=conversation_pk, item_id=record.item_id).update(deleted=True)
-        elif isinstance(record, records.TranscriptionStored):
+        elif isinstance(record, records.TranscriptionOutcome):
             _transcription_record(conversation_pk, record)
         elif isinstance(record, records.ItemTruncated):
             ConversationItem.objects.filter(conversation_id=conversation_pk, item_id=record.item_id).update(
@@ -59,9 +59,14 @@ def conversation_records_apply(*, conversation_pk: int, batch: Iterable[records.
             )
 
 
-def conversation_end(*, conversation_pk: int, reason: str) -> None:
+def conversation_end(*, conversation_pk: int, reason: str, ended_by_id: int | None = None) -> None:
+    """Close the conversation once: a later end (e.g. the disconnect after a staff end) changes nothing.
+
+    ``ended_by_id`` is the staff member who ended it from the console, stored with the end time in
+    the same update so that "who" and "when" are never half-recorded.
+    """
     Conversation.objects.filter(pk=conversation_pk, ended_at__isnull=True).update(
-        ended_at=timezone.now(), end_reason=reason
+        ended_at=timezone.now(), end_reason=reason, ended_by_id=ended_by_id
     )
 
 
@@ -97,7 +102,7 @@ def _item_store(conversation_pk: int, record: records.ItemStored) -> None:
     existing.save()
 
 
-def _transcription_record(conversation_pk: int, record: records.TranscriptionStored) -> None:
+def _transcription_record(conversation_pk: int, record: records.TranscriptionOutcome) -> None:
     """The ASR outcome on its user item; a completed one also becomes the item's text."""
     item, _ = ConversationItem.objects.get_or_create(
         conversation_id=conversation_pk, item_id=record.item_id, defaults={"role": "user", "item_type": "message"}

@@ -27,8 +27,8 @@ from .engine.batched import EngineFailure, Slot
 from .engine.manager import get_manager
 from .protocol import Dialect, Effects, RealtimeSession, SessionOptions
 from .protocol.errors import ProtocolError
+from .protocol.records import TranscriptionOutcome
 from .protocol.responses import ResponsePolicy
-from .protocol.session import TranscriptionOutcome
 from .recorder import SessionRecorder
 from .transcriber import SessionTranscriber
 

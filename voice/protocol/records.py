@@ -43,8 +43,11 @@ class ItemTruncated:
 
 
 @dataclass(frozen=True)
-class TranscriptionStored:
-    """An ASR result (or failure) for a user item."""
+class TranscriptionOutcome:
+    """What the ASR service made of a committed user turn: text, or an error code and message.
+
+    The transcriber hands it to the session (which tells the client) and it is stored as is.
+    """
 
     item_id: str
     text: str
@@ -56,4 +59,4 @@ class TranscriptionStored:
     error_code: str | None = None
 
 
-Record = ConfigAccepted | ItemStored | ItemDeleted | ItemTruncated | TranscriptionStored
+Record = ConfigAccepted | ItemStored | ItemDeleted | ItemTruncated | TranscriptionOutcome

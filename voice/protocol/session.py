@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import logging
 import typing
@@ -30,6 +29,7 @@ from .errors import ProtocolError
 from .events import EventFactory
 from .ids import new_id
 from .input_buffer import InputAudioBuffer
+from .records import TranscriptionOutcome
 from .responses import Response, ResponsePolicy
 from .turn_detection import TurnDetector
 
@@ -75,19 +75,6 @@ class TranscriptionRequest:
     language: str | None
     prompt: str | None
 
-
-@dataclass(frozen=True)
-class TranscriptionOutcome:
-    """What the ASR service made of a TranscriptionRequest: text, or an error code and message."""
-
-    item_id: str
-    text: str
-    model: str
-    language: str | None
-    latency_ms: int
-    audio_seconds: float
-    error: str | None = None
-    error_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -340,7 +327,7 @@ class RealtimeSession:
                         part["transcript"] = result.text
         else:
             event = self.events.transcription_failed(result.item_id, result.error_code, result.error)
-        return Effects(events=[event], records=[records.TranscriptionStored(**dataclasses.asdict(result))])
+        return Effects(events=[event], records=[result])
 
     def _clear(self, event: dict[str, Any]) -> Effects:
         self.input_audio.clear()
