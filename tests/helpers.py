@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,11 @@ def read_pcm16(name: str) -> bytes:
     with wave.open(str(audio_path(name))) as wav:
         assert wav.getframerate() == 24000 and wav.getnchannels() == 1 and wav.getsampwidth() == 2
         return wav.readframes(wav.getnframes())
+
+
+def silence(ms: int) -> bytes:
+    """``ms`` milliseconds of digital silence as pcm16: what a client's mic stream carries between turns."""
+    return b"\x00\x00" * (24 * ms)
 
 
 def append_events(pcm: bytes, chunk_ms: int = 100) -> list[dict[str, Any]]:
@@ -57,6 +64,32 @@ class Client:
             events.append(event)
             if event["type"] == event_type:
                 return events
+
+
+async def stream(client: Client, pcm: bytes, max_queued_frames: int = 24) -> None:
+    """Append ``pcm`` in 100 ms chunks as fast as the model takes it.
+
+    A real client streams in real time; the tests' engine steps as fast as it can (TICK_MS 0), so
+    sending is paced on the slot's input queue instead, which never overflows (the server drops
+    audio past REALTIME_INPUT_QUEUE_FRAMES) and never runs dry while there is audio left to send.
+    """
+    from voice.engine.manager import get_manager
+
+    manager = get_manager()
+    assert manager is not None
+
+    def queued() -> int:
+        slots = [slot for engine in manager.engines.values() for slot in getattr(engine, "slots", [])]
+        return max((slot.queued_frames for slot in slots if slot is not None), default=0)
+
+    # Events still waiting for the consumer count too: their frames are not in the slot's queue yet.
+    pending = client.communicator.input_queue
+    for event in append_events(pcm):
+        deadline = time.monotonic() + TIMEOUT
+        while pending.qsize() or queued() > max_queued_frames:
+            assert time.monotonic() < deadline, "the model took no audio for TIMEOUT seconds"
+            await asyncio.sleep(0.005)  # waiting for the model, bounded by the deadline above
+        await client.send(event)
 
 
 @asynccontextmanager

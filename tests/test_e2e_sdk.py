@@ -29,13 +29,16 @@ from voice.consumers import CLOSE_TRY_AGAIN
 from voice.protocol import Dialect
 
 from .conftest import TIMEOUT
-from .helpers import read_pcm16
+from .helpers import read_pcm16, silence
 from .live_server import LiveServer
 from .strict import strict
 
 STARTUP_TIMEOUT = 6 * TIMEOUT  # migrate + first load of the model on a busy 2-core CPU
 MODEL = "gpt-realtime"
 SPEECH = "weather_en_24k.wav"
+# A client keeps streaming its microphone after it stops talking: the server ends the turn after
+# silence_duration_ms (500 by default) of quiet audio.
+TRAILING_SILENCE = silence(1000)
 CHUNK_MS = 100
 CHUNK_BYTES = 48 * CHUNK_MS  # pcm16 at 24 kHz mono
 MAX_SESSIONS = 2
@@ -390,16 +393,13 @@ class SpeechRun:
 
 
 async def run_speech_session(server: LiveServer, dialect: Dialect) -> SpeechRun:
-    """session.update, then the weather question streamed in real time, until the responses settle."""
-    pcm = read_pcm16(SPEECH)
+    """session.update, then the weather question and a second of quiet streamed in real time,
+    until the responses settle. GA relies on the default turn detection, beta asks for it."""
+    pcm = read_pcm16(SPEECH) + TRAILING_SILENCE
     instructions = f"E2E {dialect.value}: answer briefly."
     async with sdk_session(server, dialect) as session:
         if dialect is Dialect.GA:
-            update = {
-                "type": "realtime",
-                "instructions": instructions,
-                "audio": {"input": {"turn_detection": {"type": "server_vad"}}},
-            }
+            update = {"type": "realtime", "instructions": instructions}
         else:
             update = {
                 "instructions": instructions,
@@ -429,15 +429,47 @@ async def beta_speech(server: LiveServer) -> SpeechRun:
     return await run_speech_session(server, Dialect.BETA)
 
 
+def turn_detection_of(session: dict[str, Any], dialect: Dialect) -> dict[str, Any] | None:
+    return session["audio"]["input"]["turn_detection"] if dialect is Dialect.GA else session["turn_detection"]
+
+
+def user_turn_events(dialect: Dialect) -> list[str]:
+    """What server turn detection sends for one spoken turn, before the response (PROTOCOL.md §2.5)."""
+    entered = (
+        ["conversation.item.added", "conversation.item.done"]
+        if dialect is Dialect.GA
+        else ["conversation.item.created"]
+    )
+    return [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        *entered,
+    ]
+
+
 def assert_speech_run(run: SpeechRun) -> None:
     names = NAMES[run.dialect]
     types = [event["type"] for event in run.events]
+    # Turn detection is on from the start (pipecat and others rely on it without asking).
+    turn = turn_detection_of(run.events[0]["session"], run.dialect)
+    assert turn is not None and turn["type"] == "server_vad" and turn["create_response"] is True
     assert types.index("session.updated") < types.index("response.created")
     traces = check_sequence(run.events, run.dialect)
-    assert traces, "no response to a 5 s question"
-    types = [event["type"] for event in run.events]
-    assert types.count("response.created") == types.count("response.done") == len(traces)
+    assert len(traces) == 1, "one question, one answer"
+    assert types.count("response.created") == types.count("response.done") == 1
+    # The user's turn, in order, right before the response that answers it; one item id throughout.
     first = traces[0]
+    turn_events = user_turn_events(run.dialect)
+    assert types[first.created - len(turn_events) : first.created] == turn_events, types[: first.created + 1]
+    started, stopped, committed, *entered = run.events[first.created - len(turn_events) : first.created]
+    user_item = entered[0]["item"]
+    assert started["item_id"] == stopped["item_id"] == committed["item_id"] == user_item["id"]
+    assert (user_item["role"], user_item["status"]) == ("user", "completed")
+    assert user_item["content"] == [{"type": "input_audio", "transcript": None}]
+    assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"] <= len(read_pcm16(SPEECH)) // 48
+    assert run.events[first.item_entered]["previous_item_id"] == user_item["id"]
+    assert types[: first.created].count("input_audio_buffer.speech_started") == 1
     # The brief's ordering, spelled out for the first response.
     assert first.audio_deltas, "the first response carried no audio"
     assert any(trace.transcript_deltas for trace in traces), "no response carried transcript deltas"
@@ -511,6 +543,50 @@ async def test_response_create_then_cancel(server: LiveServer, dialect: Dialect)
         (trace,) = check_sequence(session.events, dialect)
         assert trace.audio_deltas
         assert session.types().count("response.done") == 1
+
+
+# --- barge-in -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", [Dialect.GA, Dialect.BETA], ids=["ga", "beta"])
+async def test_speaking_over_a_response_cancels_it(server: LiveServer, dialect: Dialect) -> None:
+    """With the default turn detection, the user talking while the model answers ends the answer
+    (cancelled, reason turn_detected), and the new turn gets its own response."""
+    names = NAMES[dialect]
+    async with sdk_session(server, dialect) as session:
+        turn = turn_detection_of(session.events[0]["session"], dialect)
+        assert turn is not None and turn["interrupt_response"] is True
+        await session.conn.response.create()
+        response_id = (await session.expect("response.created"))["response"]["id"]
+        await session.recv_until(names["audio_delta"])  # the model is talking
+        # The user starts again (a second and a half of the question), then is quiet.
+        feed = asyncio.create_task(stream_audio(session.conn, read_pcm16(SPEECH)[: 48 * 1500] + TRAILING_SILENCE))
+        try:
+            interrupted = await session.recv_until("response.done")
+            types = [event["type"] for event in interrupted]
+            assert "input_audio_buffer.speech_started" in types, session._explain("no speech_started")
+            barge_in = types.index("input_audio_buffer.speech_started")
+            assert barge_in < types.index(names["audio_done"]) < types.index("response.output_item.done")
+            done = interrupted[-1]["response"]
+            assert done["id"] == response_id and done["status"] == "cancelled", done["status"]
+            assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+            assert done["output"][0]["status"] == "incomplete"
+            new_turn = interrupted[barge_in]["item_id"]
+
+            # The interrupting turn is committed when the user falls quiet, and answered.
+            answered = await session.recv_until("response.created", timeout=3 * TIMEOUT)
+            turn_events = user_turn_events(dialect)[1:]  # speech_started came already
+            assert [event["type"] for event in answered] == [*turn_events, "response.created"]
+            assert answered[0]["item_id"] == answered[1]["item_id"] == new_turn
+            assert answered[1]["previous_item_id"] == done["output"][0]["id"]
+            await feed
+            await session.recv_until("response.done", timeout=3 * TIMEOUT)
+        finally:
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed
+        traces = check_sequence(session.events, dialect)
+        assert len(traces) == 2 and traces[0].id == response_id
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -712,6 +788,9 @@ async def test_finished_session_is_stored(server: LiveServer, run_fixture: str, 
 
     items = _items(server, conversation["id"])
     traces = check_sequence(run.events, run.dialect)
+    [committed] = [event for event in run.events if event["type"] == "input_audio_buffer.committed"]
+    assert committed["item_id"] in items, "the user's turn was not stored"
+    assert items[committed["item_id"]]["role"] == "user" and items[committed["item_id"]]["audio_ms"] > 0
     spoken = [trace for trace in traces if trace.transcript.strip()]
     assert spoken, "no response said anything"
     for trace in traces:
@@ -737,7 +816,7 @@ async def test_finished_session_is_stored(server: LiveServer, run_fixture: str, 
 
 async def test_abrupt_disconnect_mid_response_keeps_what_was_said(server: LiveServer) -> None:
     names = NAMES[Dialect.GA]
-    pcm = read_pcm16(SPEECH)
+    pcm = read_pcm16(SPEECH) + TRAILING_SILENCE
     async with sdk_session(server, Dialect.GA) as session:
         feed = asyncio.create_task(stream_audio(session.conn, pcm))
         try:

@@ -141,6 +141,7 @@ def test_a_commit_keeps_the_audio_stream_whole() -> None:
 @BOTH
 def test_model_audio_goes_out_as_pcm16_deltas(dialect: Dialect) -> None:
     client = ProtocolClient(dialect)
+    client.send({"type": "response.create"})
     delta_type = "response.output_audio.delta" if dialect is Dialect.GA else "response.audio.delta"
     [delta] = [event for event in client.output(None, LOUD).events if event["type"] == delta_type]
     decoded = decode_pcm16(delta["delta"])

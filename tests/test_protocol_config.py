@@ -12,7 +12,7 @@ import pytest
 from voice.protocol import Dialect
 from voice.protocol.records import ConfigAccepted
 
-from .test_protocol_session import LOUD, ProtocolClient, types
+from .test_protocol_session import ProtocolClient, types
 
 WEATHER_TOOL = {
     "type": "function",
@@ -202,8 +202,13 @@ def test_an_update_without_type_is_taken_as_realtime() -> None:
 def test_settings_take_effect_on_the_next_response() -> None:
     client = ProtocolClient()
     audio_update(client, "output", voice="marin")
-    response = client.output("Hi", LOUD).events[0]["response"]
+    response = client.send({"type": "response.create"}).events[0]["response"]
     assert response["audio"]["output"]["voice"] == "marin"
+    client.send({"type": "response.cancel"})
+    audio_update(client, "output", voice="cedar")
+    opened = client.user_turn()  # a response opened by turn detection takes the settings too
+    [response] = [event["response"] for event in opened.events if event["type"] == "response.created"]
+    assert response["audio"]["output"]["voice"] == "cedar"
 
 
 # --- GA: invalid updates ----------------------------------------------------------------------

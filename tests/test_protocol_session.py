@@ -1,6 +1,9 @@
 """RealtimeSession as a client sees it: no database, no model, every server event validated strictly.
 
-The model is played by hand: `client.output(text, pcm)` is one 80 ms frame of Moshi's output.
+The model is played by hand: `client.output(text, pcm)` is one 80 ms frame of Moshi's output, and
+`client.hear(*probabilities)` one tick's voice-activity scores of the client's audio (one per 32 ms
+window). Responses open on `response.create` or when server turn detection commits a user turn
+(`client.user_turn()`); model output outside a response reaches nobody.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ LOUD = (0.5 * np.sin(np.arange(FRAME_SAMPLES) * 0.1)).astype(np.float32)
 QUIET = np.zeros(FRAME_SAMPLES, dtype=np.float32)
 # Responses end after three quiet frames, so the tests stay short.
 QUICK = ResponsePolicy(end_silence_ms=240)
+# Voice-activity scores, one per 32 ms window: speech, and a pause long enough to end the turn
+# under the default server_vad (silence_duration_ms 500: the 16th quiet window).
+SPEECH = (0.9,) * 10
+PAUSE = (0.0,) * 16
 
 # The server events that were renamed at GA; every other name is the same in both dialects.
 BETA_NAMES = {
@@ -88,6 +95,16 @@ class ProtocolClient:
     def output(self, text: str | None = None, pcm: np.ndarray | None = LOUD) -> Effects:
         return self._checked(self.session.model_output(text, pcm))
 
+    def hear(self, *probabilities: float, client_audio: bool = True) -> Effects:
+        """One tick in which the model said nothing yet and the VAD scored the client's audio."""
+        return self._checked(self.session.model_output(None, None, speech=probabilities, client_audio=client_audio))
+
+    def user_turn(self, speech: tuple[float, ...] = SPEECH, pause: tuple[float, ...] = PAUSE) -> Effects:
+        """The user speaks, then pauses: what server turn detection makes of it."""
+        effects = self.hear(*speech)
+        effects.extend(self.hear(*pause))
+        return effects
+
     def close(self) -> Effects:
         return self._checked(self.session.close())
 
@@ -118,8 +135,9 @@ class ProtocolClient:
         return self.send({"type": "conversation.item.create", "item": item, **fields})
 
     def completed_response(self, *pieces: str) -> tuple[str, Effects]:
-        """A whole spoken response (opened by the model's output); return its item id and effects."""
-        effects = self.speak(*pieces, quiet_frames=3)
+        """A whole spoken response (opened by `response.create`); return its item id and effects."""
+        effects = self.send({"type": "response.create"})
+        effects.extend(self.speak(*pieces, quiet_frames=3))
         assert effects.events[-1]["type"] == "response.done"
         return effects.events[-1]["response"]["output"][0]["id"], effects
 
@@ -187,8 +205,10 @@ def test_event_ids_are_unique_across_a_session(dialect: Dialect) -> None:
     client.completed_response("Hi", " there")
     client.send({"type": "response.create"})
     client.send({"type": "response.cancel"})
+    client.user_turn()
+    client.close()
     ids = [event["event_id"] for event in client.seen]
-    assert len(client.seen) > 20 and len(set(ids)) == len(ids)
+    assert len(client.seen) > 30 and len(set(ids)) == len(ids)
 
 
 # --- bad input never kills the session --------------------------------------------------------
@@ -468,7 +488,8 @@ def test_truncate_keeps_only_the_heard_text(dialect: Dialect, audio_end_ms: int,
 @BOTH
 def test_truncate_during_a_response_stores_the_heard_text_when_it_ends(dialect: Dialect) -> None:
     client = ProtocolClient(dialect)
-    item_id = client.speak("Hello", " there").events[1]["item"]["id"]
+    item_id = client.send({"type": "response.create"}).events[1]["item"]["id"]
+    client.speak("Hello", " there")
     client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 80})
     done = client.speak(" friend", quiet_frames=3)
     [record] = stored(done)
@@ -579,10 +600,16 @@ def test_a_second_response_create_is_rejected_without_response_events(dialect: D
 
 
 @BOTH
-def test_response_create_while_the_model_is_speaking_is_rejected(dialect: Dialect) -> None:
+def test_response_create_while_a_turn_detection_response_is_open_is_rejected(dialect: Dialect) -> None:
+    """The race of PROTOCOL.md §6.8: the client asks for a response that the server already opened."""
     client = ProtocolClient(dialect)
+    opened = client.user_turn()
+    [response_id] = [e["response"]["id"] for e in opened.events if e["type"] == "response.created"]
     client.output("Hello", LOUD)
-    assert client.error({"type": "response.create"})["code"] == "conversation_already_has_active_response"
+    error = client.error({"type": "response.create", "event_id": "evt_vad"})
+    assert (error["code"], error["event_id"]) == ("conversation_already_has_active_response", "evt_vad")
+    assert response_id in error["message"]
+    assert client.session.wants_output
 
 
 @BOTH
@@ -627,18 +654,21 @@ def test_response_create_with_tool_choice_required_cannot_be_honoured() -> None:
 
 
 @BOTH
-def test_model_output_opens_and_closes_a_response_under_server_vad(dialect: Dialect) -> None:
+def test_a_committed_turn_opens_a_response_and_the_model_output_closes_it(dialect: Dialect) -> None:
     client = ProtocolClient(dialect)
-    client.send({"type": "input_audio_buffer.append", "audio": audio_ms(100)})
-    user_item = client.send({"type": "input_audio_buffer.commit"}).events[0]["item_id"]
-    assert client.output(None, QUIET).events == []  # padding and silence open nothing
+    client.send({"type": "input_audio_buffer.append", "audio": audio_ms(800)})
+    opened = client.user_turn()
+    committed = types(opened).index("input_audio_buffer.committed")
+    assert types(opened)[committed + 1 + len(item_events(dialect)) :] == opening(dialect)
+    user_item = opened.events[committed]["item_id"]
+    assistant_entered = opened.events[-2]
+    assert assistant_entered["previous_item_id"] == user_item
+    assert opened.events[-4]["response"]["metadata"] is None
+    assert client.session.wants_output
 
-    first = client.output(None, LOUD)
     audio_delta = wire(dialect, "response.output_audio.delta")
     transcript_delta = wire(dialect, "response.output_audio_transcript.delta")
-    assert types(first) == [*opening(dialect), audio_delta]
-    assert first.events[2]["previous_item_id"] == user_item
-    assert first.events[0]["response"]["metadata"] is None
+    assert types(client.output(None, LOUD)) == [audio_delta]
     assert types(client.output("Hello", LOUD)) == [audio_delta, transcript_delta]
     assert types(client.output(" world", QUIET)) == [audio_delta, transcript_delta]  # text alone is activity
     assert types(client.output(None, QUIET)) == [audio_delta]
@@ -666,8 +696,38 @@ def test_model_output_opens_and_closes_a_response_under_server_vad(dialect: Dial
     assert not client.session.wants_output
 
 
+@BOTH
+def test_model_output_outside_a_response_reaches_nobody(dialect: Dialect) -> None:
+    """Moshi speaks whenever it likes; only what it says inside a response is sent."""
+    client = ProtocolClient(dialect)
+    assert client.speak("Hello", " there", quiet_frames=5).events == []
+    assert client.hear(0.1, 0.0).events == []  # the client's audio, scored as no speech
+    assert not client.session.wants_output
+    client.send({"type": "response.create"})
+    assert types(client.output("Hi", LOUD)) == [
+        wire(dialect, "response.output_audio.delta"),
+        wire(dialect, "response.output_audio_transcript.delta"),
+    ]
+    closed = client.speak(quiet_frames=3).events[-1]["response"]
+    assert closed["output"][0]["content"][0]["transcript"] == "Hi"  # nothing from before it opened
+    assert client.speak("Later", quiet_frames=2).events == []
+
+
+def test_ticks_without_model_output_do_not_count_as_silence() -> None:
+    """pcm None: the model has produced nothing yet for that tick (a restarted slot)."""
+    client = ProtocolClient()
+    client.send({"type": "response.create"})
+    for _ in range(10):
+        assert client.hear(0.0, 0.0).events == []
+    assert client.session.wants_output
+    closed = client.speak("Hi", quiet_frames=3).events[-1]["response"]
+    assert closed["status"] == "completed"
+    assert closed["usage"]["output_token_details"]["audio_tokens"] == 4 * 8  # only the four frames of output
+
+
 def test_a_response_ends_after_end_silence_ms_of_the_default_policy() -> None:
     client = ProtocolClient(policy=ResponsePolicy())
+    client.send({"type": "response.create"})
     client.output("Hi", LOUD)
     quiet = [client.output(None, QUIET) for _ in range(10)]  # 800 ms
     assert [types(q)[-1] for q in quiet].index("response.done") == 9
@@ -678,6 +738,7 @@ def test_no_response_opens_without_turn_detection(dialect: Dialect) -> None:
     client = ProtocolClient(dialect)
     client.update(TURN_DETECTION_OFF[dialect])
     assert client.speak("Hello", " there", quiet_frames=5).events == []
+    assert client.user_turn().events == []  # no speech_started, no commit
     assert not client.session.wants_output
     # A manual response.create still opens one, and the model's output goes into it.
     client.send({"type": "response.create"})
@@ -690,41 +751,57 @@ def test_no_response_opens_when_turn_detection_does_not_create_responses() -> No
         {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "semantic_vad", "create_response": False}}}}
     )
     assert client.speak("Hello", quiet_frames=5).events == []
+    turn = client.user_turn(pause=PAUSE * 2)  # semantic_vad "auto": a 600 ms pause ends the turn
+    assert types(turn) == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        *item_events(Dialect.GA),
+    ]
+    assert not client.session.wants_output
 
 
 @BOTH
-def test_max_ms_closes_the_response_as_incomplete(dialect: Dialect) -> None:
+def test_max_ms_ends_the_response_as_completed(dialect: Dialect) -> None:
+    """The server's turn-length limit ends the turn; it is not the client's max_output_tokens."""
     client = ProtocolClient(dialect, policy=ResponsePolicy(end_silence_ms=240, max_ms=400))
+    client.send({"type": "response.create"})
     assert "response.done" not in types(client.speak("a", "b", "c", "d"))
     last = client.output("e", LOUD)  # the fifth frame reaches 400 ms
+    assert types(last)[-len(closing(dialect)) :] == closing(dialect)
     response = last.events[-1]["response"]
-    assert (response["status"], response["status_details"]) == (
-        "incomplete",
-        {"type": "incomplete", "reason": "max_output_tokens"},
-    )
-    assert response["output"][0]["status"] == "incomplete"
+    assert (response["status"], response["status_details"]) == ("completed", None)
+    assert response["output"][0]["status"] == "completed"
     assert response["output"][0]["content"][0]["transcript"] == "abcde"
+    [record] = stored(last)
+    assert (record.status, record.text, record.audio_ms) == ("completed", "abcde", 400)
     assert not client.session.wants_output
 
 
 def test_max_output_tokens_closes_the_response_as_incomplete() -> None:
     client = ProtocolClient()
     client.update({"type": "realtime", "max_output_tokens": 20})
-    assert client.output(None, LOUD).events[0]["response"]["max_output_tokens"] == 20
+    assert client.send({"type": "response.create"}).events[0]["response"]["max_output_tokens"] == 20
+    client.output(None, LOUD)
     client.output(None, LOUD)  # 16 tokens
     response = client.output(None, LOUD).events[-1]["response"]  # 24 tokens
-    assert (response["status"], response["status_details"]["reason"]) == ("incomplete", "max_output_tokens")
+    assert (response["status"], response["status_details"]) == (
+        "incomplete",
+        {"type": "incomplete", "reason": "max_output_tokens"},
+    )
+    assert response["output"][0]["status"] == "incomplete"
 
 
 @BOTH
 def test_text_output_modality_gives_text_events(dialect: Dialect) -> None:
     client = ProtocolClient(dialect)
     client.update(TEXT_ONLY[dialect])
-    opened = client.output("Hello", LOUD)
-    assert types(opened) == [*opening(dialect), wire(dialect, "response.output_text.delta")]
+    opened = client.send({"type": "response.create"})
+    assert types(opened) == opening(dialect)
     assert opened.events[3]["part"] == {"type": "text", "text": ""}
     modalities = opened.events[0]["response"]["output_modalities" if dialect is Dialect.GA else "modalities"]
     assert modalities == ["text"]
+    assert types(client.output("Hello", LOUD)) == [wire(dialect, "response.output_text.delta")]
     closed = client.speak(" you", quiet_frames=3)
     assert not any("audio" in name for name in types(closed))
     assert types(closed)[-len(closing(dialect, audio=False)) :] == closing(dialect, audio=False)
@@ -763,8 +840,8 @@ def test_out_of_band_response_stays_out_of_the_conversation(dialect: Dialect) ->
 @BOTH
 def test_close_with_an_open_response_keeps_what_was_said(dialect: Dialect) -> None:
     client = ProtocolClient(dialect)
-    response_id = client.output("Hello", LOUD).events[0]["response"]["id"]
-    client.output(" there", LOUD)
+    response_id = client.send({"type": "response.create"}).events[0]["response"]["id"]
+    client.speak("Hello", " there")
     effects = client.close()
     assert effects.events[-1]["response"]["status"] == "cancelled"
     [record] = stored(effects)
@@ -811,7 +888,11 @@ def exercise_everything(client: ProtocolClient) -> None:
     client.send({"type": "response.create"})
     client.send({"type": "response.cancel"})
     client.send({"type": "response.cancel"})
+    client.user_turn()  # speech_started, speech_stopped, committed, and a response
     client.output("Bye", LOUD)
+    client.hear(*SPEECH)  # barge-in: the response ends cancelled
+    client.hear(*PAUSE)  # and the new turn opens the next one
+    client.output("Again", LOUD)
     client.close()
 
 

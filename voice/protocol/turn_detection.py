@@ -5,7 +5,8 @@ this state machine applies the session's `turn_detection` settings to those scor
 
 - speech starts at the first window at or above ``threshold``; `audio_start_ms` is moved back by
   ``prefix_padding_ms``, as OpenAI does (it marks the start of the audio the model is given);
-- speech goes on while windows stay above ``threshold - 0.15`` (Silero's recommended hysteresis);
+- speech goes on while windows stay above ``threshold - 0.15`` (Silero's recommended hysteresis),
+  but never below ``threshold / 2``: with a low threshold even silence would keep speech going;
 - it stops after ``silence_duration_ms`` below that; `audio_end_ms` is the end of the last speech.
 
 `semantic_vad` is served by the same detector, its eagerness mapped to a silence duration.
@@ -45,6 +46,8 @@ class TurnDetector:
             self.speaking = False
             return events
         threshold, prefix_ms, silence_ms = _settings(turn_detection)
+        # A low threshold must not make every window count as speech (0.1 - 0.15 < 0): keep half of it.
+        keep_threshold = max(threshold - HYSTERESIS, threshold / 2)
         for probability in probabilities:
             window_start = self.clock_ms
             self.clock_ms += WINDOW_MS
@@ -53,7 +56,7 @@ class TurnDetector:
                     self.speaking = True
                     self._last_speech_end_ms = self.clock_ms
                     events.append(TurnEvent("started", max(0, window_start - prefix_ms)))
-            elif probability >= threshold - HYSTERESIS:
+            elif probability >= keep_threshold:
                 self._last_speech_end_ms = self.clock_ms
             elif self.clock_ms - self._last_speech_end_ms >= silence_ms:
                 self.speaking = False
