@@ -199,3 +199,16 @@ async def test_a_client_that_reads_slowly_cannot_grow_the_output_queue(engine: B
         slot._deliver(FrameOutput(text=None, pcm=silence, speech=[], client_audio=True, latency_s=0.0))
     assert slot.outbox.qsize() == OUTBOX_FRAMES and slot.dropped_outputs == 36
     slot.release()
+
+
+async def test_dropped_output_keeps_its_speech_scores_for_turn_detection(engine: BatchedEngine) -> None:
+    from voice.engine.batched import OUTBOX_FRAMES
+
+    slot = engine.acquire(asyncio.get_running_loop())
+    assert slot is not None
+    silence = np.zeros(1920, np.float32)
+    for n in range(OUTBOX_FRAMES + 1):
+        slot._deliver(FrameOutput(text=None, pcm=silence, speech=[n / 100], client_audio=True, latency_s=0.0))
+    first = await slot.outbox.get()
+    assert isinstance(first, FrameOutput) and first.speech == [0.0, 0.01], "the dropped frame's window comes first"
+    slot.release()

@@ -7,6 +7,7 @@ shared test audio (../shared/audio) exactly as the inference thread does: 80 ms 
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import numpy as np
@@ -305,12 +306,17 @@ def test_interrupt_response_false_lets_the_response_go_on(dialect: Dialect) -> N
         wire(dialect, "response.output_audio.delta"),
         wire(dialect, "response.output_audio_transcript.delta"),
     ]
-    # The user's turn is committed when it ends, but no second response opens over the first.
+    # The user's turn is committed when it ends, but no second response opens over the first:
+    # it opens right after the first one is done, to answer that turn.
     ended = client.hear(*PAUSE)
     assert types(ended) == ["input_audio_buffer.speech_stopped", "input_audio_buffer.committed", *item_events(dialect)]
-    done = client.speak(quiet_frames=3).events[-1]["response"]
+    finished = client.speak(quiet_frames=3).events
+    kinds = [event["type"] for event in finished]
+    done = finished[kinds.index("response.done")]["response"]
     assert (done["id"], done["status"]) == (response_id, "completed")
     assert done["output"][0]["content"][0]["transcript"] == "Still talking"
+    answer = finished[kinds.index("response.done") + 1]
+    assert answer["type"] == "response.created" and answer["response"]["id"] != response_id
 
 
 def test_speech_with_no_response_open_just_starts_a_turn() -> None:
@@ -438,3 +444,23 @@ def test_the_real_turns_through_the_session(speech_detector: Any) -> None:
     starts = [e["item_id"] for e in client.seen if e["type"] == "input_audio_buffer.speech_started"]
     commits = [e["item_id"] for e in client.seen if e["type"] == "input_audio_buffer.committed"]
     assert starts == commits
+
+
+def test_a_manual_commit_ends_the_speech_being_followed() -> None:
+    client = ProtocolClient()
+    client.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(9600)).decode()})
+    assert types(client.hear(0.9)) == ["input_audio_buffer.speech_started"]
+    committed = client.send({"type": "input_audio_buffer.commit"})
+    assert committed.events[0]["type"] == "input_audio_buffer.committed"
+    assert types(client.hear(*PAUSE)) == [], "no second commit when the speech's pause comes"
+
+
+def test_audio_the_model_never_heard_leaves_the_clock() -> None:
+    client = ProtocolClient()
+    frames = client.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(2 * 3840)).decode()})
+    assert len(frames.frames) == 2
+    client.session.input_dropped(1920)  # one frame refused by a full input queue
+    assert client.session.input_audio.total == 1920 and client.session.input_audio.buffered_samples == 1920
+    client.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(1000)).decode()})
+    client.send({"type": "input_audio_buffer.clear"})  # its 500 samples never made a whole frame
+    assert client.session.input_audio.total == 1920

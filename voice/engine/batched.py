@@ -84,7 +84,7 @@ class Slot:
         self.loop = loop
         self.inbox_frames = inbox_frames
         self._inbox: collections.deque[tuple[np.ndarray, float]] = collections.deque()
-        self.outbox: asyncio.Queue[FrameOutput | EngineFailure] = asyncio.Queue(maxsize=OUTBOX_FRAMES)
+        self.outbox = Outbox(OUTBOX_FRAMES)
         self.keep_running = False  # set while a response is open: step on silence when no audio came
         self.fresh = True  # the next frame is the slot's first after a restart
         self.released = False
@@ -133,11 +133,47 @@ class Slot:
     def _deliver(self, item: FrameOutput | EngineFailure) -> None:
         if self.released:
             return
-        if self.outbox.full():
-            # The client reads more slowly than the model speaks: drop the oldest frame, never grow.
-            self.outbox.get_nowait()
+        if self.outbox.put_dropping_oldest(item):
             self.dropped_outputs += 1
-        self.outbox.put_nowait(item)
+
+
+class Outbox:
+    """A slot's bounded output queue, read by the session's sender on the event loop.
+
+    A client that reads more slowly than the model speaks must not grow memory, so when it is full
+    the oldest frame's audio and text go. Its VAD scores do not: they move on to the next frame,
+    because turn detection counts time in scored windows and would fall behind without them.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._items: collections.deque[FrameOutput | EngineFailure] = collections.deque()
+        self._size = size
+        self._ready = asyncio.Event()
+
+    def put_dropping_oldest(self, item: FrameOutput | EngineFailure) -> bool:
+        """Queue an item; True when the oldest one had to make room for it."""
+        dropped = False
+        if len(self._items) >= self._size:
+            oldest = self._items.popleft()
+            dropped = True
+            if isinstance(oldest, FrameOutput) and oldest.speech:
+                heir = next(
+                    (i for i in (*self._items, item) if isinstance(i, FrameOutput) and i.client_audio), None
+                )
+                if heir is not None:
+                    heir.speech = oldest.speech + heir.speech
+        self._items.append(item)
+        self._ready.set()
+        return dropped
+
+    async def get(self) -> FrameOutput | EngineFailure:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
 
 
 @dataclass

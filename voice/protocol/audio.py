@@ -57,5 +57,8 @@ class FrameAssembler:
         self._pending = data[whole * FRAME_SAMPLES :].copy()
         return frames
 
-    def clear(self) -> None:
+    def clear(self) -> int:
+        """Drop the partial frame; returns how many samples it held (they never reach the model)."""
+        dropped = self._pending.size
         self._pending = np.zeros(0, dtype=np.float32)
+        return dropped

@@ -52,3 +52,17 @@ class InputAudioBuffer:
 
     def clear(self) -> None:
         self.take()
+
+    def forget_latest(self, samples: int) -> None:
+        """Audio the model never heard (dropped on input overflow, or a partial frame cleared) leaves
+        the clock too, so positions keep matching turn detection's, which counts only what it scored."""
+        removed = 0
+        while self._chunks and removed < samples:
+            last = self._chunks.pop()
+            keep = max(last.size - (samples - removed), 0)
+            removed += last.size - keep
+            if keep:
+                self._chunks.append(last[:keep])
+        self._held -= removed
+        self.total -= samples
+        self.start = min(self.start, self.total)

@@ -102,6 +102,7 @@ class RealtimeSession:
         self.turns = TurnDetector()
         self._speech_item_id: str | None = None
         self._speech_start_ms = 0
+        self._answer_after_response = False
         self.input_audio = InputAudioBuffer()
         self._positions = 0
         # Text of responses whose audio the client truncated, so their stored text is what was heard.
@@ -183,6 +184,9 @@ class RealtimeSession:
             effects.extend(self._close_response("completed", None))
         elif response.over_token_budget():
             effects.extend(self._close_response("incomplete", "max_output_tokens"))
+        if self.response is None and self._answer_after_response:
+            self._answer_after_response = False
+            effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
         return effects
 
     def _detect_turns(self, speech: Sequence[float]) -> Effects:
@@ -202,8 +206,11 @@ class RealtimeSession:
             self._speech_item_id = None
             effects.events.append(self.events.speech_stopped(event.audio_ms, item_id))
             effects.extend(self._commit_user_audio(item_id, self.input_audio.take(self._speech_start_ms, event.audio_ms)))
-            if turn.get("create_response", True) and self.response is None:
-                effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
+            if turn.get("create_response", True):
+                if self.response is None:
+                    effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
+                else:  # a response goes on (interrupt_response false): answer this turn after it
+                    self._answer_after_response = True
         return effects
 
     def close(self) -> Effects:
@@ -286,7 +293,18 @@ class RealtimeSession:
                 "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, "
                 f"but buffer only has {buffered_ms:.2f}ms of audio.",
             )
+        self._end_detected_speech()  # the client committed this speech itself
         return self._commit_user_audio(new_id("item"), self.input_audio.take())
+
+    def _end_detected_speech(self) -> None:
+        """A manual commit or clear ends the speech turn detection was following, so that its stop
+        does not commit a second (empty) item later."""
+        self.turns.speaking = False
+        self._speech_item_id = None
+
+    def input_dropped(self, samples: int) -> None:
+        """Frames the model never got (input queue full): they leave the audio clock too."""
+        self.input_audio.forget_latest(samples)
 
     def _commit_user_audio(self, item_id: str, audio: np.ndarray) -> Effects:
         """A user turn becomes an item: committed, the item entering the conversation, transcription."""
@@ -331,7 +349,8 @@ class RealtimeSession:
 
     def _clear(self, event: dict[str, Any]) -> Effects:
         self.input_audio.clear()
-        self._frames.clear()
+        self.input_audio.forget_latest(self._frames.clear())
+        self._end_detected_speech()
         return Effects(events=[self.events.input_audio_buffer_cleared()])
 
     # --- conversation items -------------------------------------------------------------------
