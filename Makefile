@@ -7,7 +7,7 @@ PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: serve test lint demo-checkpoint
+.PHONY: serve test lint demo-checkpoint browser
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,9 +22,14 @@ serve: $(STAMP)
 		--websocket-max-message-size 16777216 --websocket-max-frame-size 16777216 \
 		realtime_project.asgi:application
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The staff console's browser test drives Debian's chromium and chromedriver: installed once, when missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

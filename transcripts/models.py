@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
 class Conversation(models.Model):
     """One Realtime session from connect to disconnect."""
+
+    # The end_reason of a session a staff member ended from the console; ended_by says who.
+    ENDED_BY_STAFF = "ended_by_staff"
 
     class Dialect(models.TextChoices):
         GA = "ga", "GA"
@@ -28,6 +32,10 @@ class Conversation(models.Model):
     started_at = models.DateTimeField(auto_now_add=True, db_index=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=64, blank=True)
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The staff member who ended the session from the console (end reason ended_by_staff).",
+    )
 
     class Meta:
         ordering = ["-started_at"]

@@ -17,12 +17,14 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from transcripts import services
+from transcripts.models import Conversation
 
 from . import loop_monitor, metrics
 from .asr import get_backend
 from .audio_recording import SessionAudioRecorder
 from .auth import authenticate, open_endpoint, presented_key
 from .conf import get_config
+from .console.publisher import SessionFacts, SessionPublisher
 from .engine.batched import EngineFailure, Slot
 from .engine.manager import get_manager
 from .protocol import Dialect, Effects, RealtimeSession, SessionOptions
@@ -49,6 +51,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     watchdog: asyncio.Task[None] | None = None
     transcriber: SessionTranscriber | None = None
     audio_recorder: SessionAudioRecorder | None = None
+    console: SessionPublisher | None = None  # what the staff consoles see of this session
+    ended_by_id: int | None = None  # the staff member who ended the session, if one did
     gone: bool = False  # the client has disconnected: store, but send nothing
     end_reason: str = ""
     last_heard: float = 0.0
@@ -125,6 +129,20 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         )
         metrics.SESSIONS_LIVE.inc()
         self.last_heard = time.monotonic()
+        if self.channel_layer is not None:
+            self.console = SessionPublisher(
+                self.channel_layer,
+                SessionFacts(
+                    session_id=self.session.session_id,
+                    client_address=f"{client[0]}:{client[1]}" if client[0] else "",
+                    api_key=api_key["name"] if api_key else None,
+                    model_type=model_type,
+                    model_name=manager.model_name(model_type),
+                    dialect=dialect.value,
+                    slot=getattr(slot, "index", None),
+                ),
+            )
+            await self.console.start(self.channel_name)
         await self._apply(self.session.start())
         self.pump = asyncio.create_task(self._pump_model_output(), name="model-output")
         self.watchdog = asyncio.create_task(self._end_when_idle(), name="idle-watchdog")
@@ -154,12 +172,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if self.slot is not None:
             self.slot.release()
         self.gone = True
+        if self.console is not None:  # off the consoles' list at once, before the final writes
+            await self.console.close(self.end_reason or f"disconnect:{code}")
         if self.session is not None and self.recorder is not None:
             await self.recorder.add(self.session.close().records)
             if self.transcriber is not None:  # a turn being transcribed is still stored
                 config = get_config()
                 await self.transcriber.finish(timeout=float(config["ASR_TIMEOUT_S"]) * (int(config["ASR_RETRIES"]) + 1))
-            await self.recorder.close(reason=self.end_reason or f"disconnect:{code}")
+            await self.recorder.close(reason=self.end_reason or f"disconnect:{code}", ended_by_id=self.ended_by_id)
             if self.audio_recorder is not None and self.recorder.conversation_pk is not None:
                 names = await self.audio_recorder.finish()
                 await database_sync_to_async(services.conversation_recordings_attach)(
@@ -172,11 +192,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _apply(self, effects: Effects) -> None:
         assert self.session is not None and self.slot is not None
-        overflow = False
-        for frame in effects.frames:
-            if not self.slot.push(frame):
-                overflow = True
-        if overflow:
+        dropped = sum(frame.size for frame in effects.frames if not self.slot.push(frame))
+        if self.console is not None:
+            self.console.client_audio(effects.frames)
+        if dropped:
+            self.session.input_dropped(dropped)
             error = ProtocolError(
                 "input_audio_buffer_overflow",
                 "Audio arrives faster than real time and the input queue is full; the excess was dropped.",
@@ -196,6 +216,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             if event["type"] == "error":
                 metrics.ERRORS.labels(event["error"]["code"] or "none").inc()
             await self.send(text_data=json.dumps(event))
+        if self.console is not None:
+            self.console.events_sent(events, responding=self.session is not None and self.session.response is not None)
 
     async def _pump_model_output(self) -> None:
         """Turn each frame the model produced for this slot into response events."""
@@ -213,10 +235,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 sent = any(event["type"].endswith("audio.delta") for event in effects.events)
                 self.audio_recorder.add_frame(item.heard, item.pcm if sent else None)
             await self._apply(effects)
+            latency: float | None = None
             if item.pcm is not None and item.client_audio:
                 sent = time.perf_counter()
+                latency = item.latency_s + sent - item.ready_at
                 metrics.FRAME_OVERHEAD_SECONDS.observe(sent - item.ready_at)
-                metrics.FRAME_LATENCY_SECONDS.observe(item.latency_s + sent - item.ready_at)
+                metrics.FRAME_LATENCY_SECONDS.observe(latency)
+            if self.console is not None and self.session is not None:
+                self.console.model_frame(item.pcm if self.session.wants_output else None, latency)
             if self.slot.dropped_outputs:
                 metrics.DROPPED_OUTPUT_FRAMES.inc(self.slot.dropped_outputs)
                 self.slot.dropped_outputs = 0
@@ -251,6 +277,31 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.end_reason = "idle_timeout"
             await self.close(code=1000)  # a clean close: clients such as LiveKit reconnect on any other
             return
+
+    # --- the staff console (channel-layer messages, from any process) ------------------------
+
+    async def console_roll_call(self, message: dict[str, Any]) -> None:
+        """A console opened and asks who is live: answer it alone, with this session's summary."""
+        if self.console is not None:
+            await self.console.reply(message["reply_to"])
+
+    async def console_watch(self, message: dict[str, Any]) -> None:
+        """A console started following this session: send it the transcript so far, not just what comes next."""
+        if self.console is not None:
+            await self.console.reply(message["reply_to"], detail=True)
+
+    async def console_end_session(self, message: dict[str, Any]) -> None:
+        """A staff member ended this session: tell the client why, record who, close cleanly (1000)."""
+        if self.session is None or self.gone or self.end_reason:
+            return
+        log.info("session %s ended by staff member %s", self.session.session_id, message.get("username"))
+        self.end_reason = Conversation.ENDED_BY_STAFF
+        self.ended_by_id = message.get("user_id")
+        error = ProtocolError(
+            "session_ended_by_staff", "A staff member ended this session.", type="invalid_request_error"
+        )
+        await self._send_events([self.session.events.error(error, None)])
+        await self.close(code=1000)  # a clean close: a client that reconnects on errors need not
 
     async def _refuse(
         self, dialect: Dialect, code: str, message: str, close_code: int, error_type: str, param: str | None = None

@@ -40,14 +40,16 @@ class SessionRecorder:
         for record in batch:
             await self._queue.put(record)
 
-    async def close(self, reason: str) -> None:
-        """Write everything still queued, then mark the conversation ended."""
+    async def close(self, reason: str, ended_by_id: int | None = None) -> None:
+        """Write everything still queued, then mark the conversation ended (and by whom, if staff)."""
         if self._task is None:
             return
         await self._queue.put(None)
         await asyncio.shield(self._task)
         if self.conversation_pk is not None:
-            await database_sync_to_async(services.conversation_end)(conversation_pk=self.conversation_pk, reason=reason)
+            await database_sync_to_async(services.conversation_end)(
+                conversation_pk=self.conversation_pk, reason=reason, ended_by_id=ended_by_id
+            )
 
     async def _write_forever(self) -> None:
         self.conversation_pk = await database_sync_to_async(services.conversation_start)(**self._conversation)

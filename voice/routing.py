@@ -1,4 +1,4 @@
-"""WebSocket routes: the Realtime endpoint, and a clean refusal for any other path.
+"""WebSocket routes: the Realtime endpoint, the staff console, and a clean refusal for any other path.
 
 Without the catch-all, Channels' router raises for an unknown path and daphne answers the upgrade
 with a 500 and a traceback; a client that got the URL wrong (e.g. `ws://host/v1` used verbatim)
@@ -7,9 +7,11 @@ deserves a plain refusal instead.
 
 from django.urls import re_path
 
+from .console.consumers import ConsoleConsumer
 from .consumers import RealtimeConsumer, UnknownPathConsumer
 
 websocket_urlpatterns = [
     re_path(r"^v1/realtime/?$", RealtimeConsumer.as_asgi()),
+    re_path(r"^console/live/?$", ConsoleConsumer.as_asgi()),  # staff console; before the catch-all
     re_path(r"", UnknownPathConsumer.as_asgi()),
 ]

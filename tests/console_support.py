@@ -1,0 +1,77 @@
+"""Helpers for the console tests that run real daphne processes: users in their database, a signed-in
+cookie got through the admin's own login form, and the Redis server the channel layer needs."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import re
+import socket
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from .live_server import REPO_ROOT, LiveServer
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+PASSWORD = "console-test-password"
+
+
+def require_redis() -> None:
+    """Fail (never skip) with a clear message when the Redis server the test needs is not there."""
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=3) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError as exc:
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT} ({exc}). The console's two-process test needs a "
+            "Redis server on loopback, e.g. `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''`.",
+            pytrace=False,
+        )
+    if not reply.startswith(b"+PONG"):
+        pytest.fail(f"{REDIS_HOST}:{REDIS_PORT} answered PING with {reply!r}, not +PONG: is it Redis?", pytrace=False)
+
+
+def create_user(live: LiveServer, username: str, *, staff: bool, timeout: float) -> None:
+    """A user in the live server's database (a separate process: the test's own database is another)."""
+    code = (
+        "from django.contrib.auth.models import User; "
+        f"User.objects.create_user({username!r}, password={PASSWORD!r}, is_staff={staff!r})"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=REPO_ROOT,
+        env=live.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, f"creating {username} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def admin_login(live: LiveServer, username: str, timeout: float) -> tuple[str, str]:
+    """Sign in through /admin/login/ as a browser would (CSRF token and all).
+
+    Returns the cookie header a WebSocket client sends, and the page /console/ answered with.
+    """
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    login_url = f"{live.http_url}/admin/login/?next=/console/"
+    with opener.open(login_url, timeout=timeout) as page:
+        html = page.read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert token, "no CSRF token on the admin login page"
+    form = urllib.parse.urlencode(
+        {"csrfmiddlewaretoken": token.group(1), "username": username, "password": PASSWORD, "next": "/console/"}
+    ).encode()
+    request = urllib.request.Request(login_url, data=form, headers={"Referer": login_url})
+    with opener.open(request, timeout=timeout) as landed:  # redirected to /console/ when signed in
+        body = landed.read().decode()
+        assert landed.url.endswith("/console/"), f"login as {username} did not land on /console/: {landed.url}"
+    cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+    assert "sessionid=" in cookie, "no session cookie after login"
+    return cookie, body
