@@ -59,8 +59,9 @@ class FrameOutput:
 
 @dataclass
 class _Batch:
-    """The frames taken for one tick, indexed by slot."""
+    """The frames taken for one step, indexed by slot."""
 
+    on_tick: bool  # a scheduled tick (False: a catch-up step for slots that fell behind)
     inputs: torch.Tensor
     exec_mask: torch.Tensor
     fresh_mask: torch.Tensor
@@ -113,12 +114,12 @@ class Slot:
         self.engine.release(self)
 
     # Called on the inference thread with engine.lock held.
-    def _take(self) -> tuple[np.ndarray, float, bool] | None:
+    def _take(self, feed_silence: bool) -> tuple[np.ndarray, float, bool] | None:
         """The next frame, when it was queued, and whether it is the client's audio."""
         if self._inbox:
             frame, queued_at = self._inbox.popleft()
             return frame, queued_at, True
-        if self.keep_running:
+        if self.keep_running and feed_silence:
             return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter(), False
         return None
 
@@ -243,6 +244,12 @@ class BatchedEngine:
                 self._step(torch.zeros(self.batch_size, 1, FRAME_SAMPLES), everyone, everyone)
             self.model.mimi.reset_streaming()
             self.lm_gen.reset_streaming()
+            # Each slot's VAD is a TorchScript model whose first calls are slow (~50 ms): pay that
+            # now, not as a stall for every session when many callers arrive at once.
+            for vad in self._vads:
+                for _ in range(2):
+                    vad.process(np.zeros(FRAME_SAMPLES, dtype=np.float32))
+                vad.reset()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         log.info("warm-up of %s (batch %d) took %.1fs", self.model.name, self.batch_size, time.perf_counter() - started)
@@ -289,25 +296,22 @@ class BatchedEngine:
                 batch = self._collect(next_tick)
                 if batch is None:
                     return
-                started = time.perf_counter()
                 try:
                     speech = {
                         index: self._vads[index].process(frame) if batch.client_audio[index] else []
                         for index, frame in batch.frames.items()
                     }
                     with self.step_lock:
-                        outputs = self._step(batch.inputs, batch.exec_mask, batch.fresh_mask)
+                        started = time.perf_counter()  # the model step alone: not the VAD, not the lock wait
+                        try:
+                            outputs = self._step(batch.inputs, batch.exec_mask, batch.fresh_mask)
+                        finally:
+                            self._record_step(time.perf_counter() - started)
                 except Exception as exc:  # noqa: BLE001 - one failed step must not kill every session
                     log.exception("model step failed")
                     for slot in batch.owners.values():
                         slot.deliver_threadsafe(EngineFailure(f"model step failed: {exc}"))
                     continue
-                finally:
-                    self.stats.steps += 1
-                    self.stats.last_step_s = time.perf_counter() - started
-                    self.stats.step_seconds.append(self.stats.last_step_s)
-                    if self.on_step is not None:
-                        self.on_step(self.stats.last_step_s)
                 done = time.perf_counter()
                 for index, slot in batch.owners.items():
                     text, pcm = outputs.get(index, (None, None))
@@ -322,27 +326,46 @@ class BatchedEngine:
                             heard=batch.frames[index],
                         )
                     )
-                next_tick = max(next_tick + self.tick_s, done - self.tick_s)
+                if batch.on_tick:
+                    next_tick = max(next_tick + self.tick_s, done - self.tick_s)
+
+    def _record_step(self, seconds: float) -> None:
+        self.stats.steps += 1
+        self.stats.last_step_s = seconds
+        self.stats.step_seconds.append(seconds)
+        if self.on_step is not None:
+            self.on_step(seconds)
 
     def _collect(self, next_tick: float) -> _Batch | None:
-        """Wait for the tick and gather one frame per ready slot; None when stopping."""
+        """Wait for the tick and gather one frame per ready slot; None when stopping.
+
+        A slot with more than one frame waiting has fallen behind (a stall, a burst from the
+        client): then the engine steps again at once, without waiting for the tick, on the slots
+        that have client audio, until the backlog is gone. Silence for an open response is only
+        fed on the tick, in real time.
+        """
         with self.lock:
             while True:
                 if self._stop:
                     return None
                 now = time.perf_counter()
-                ready = [s for s in self.slots if s is not None and (s._inbox or s.keep_running)]
-                if ready and now >= next_tick:
+                on_tick = now >= next_tick
+                live = [s for s in self.slots if s is not None]
+                behind = any(len(s._inbox) > 1 for s in live)
+                ready = [s for s in live if s._inbox or (s.keep_running and on_tick)]
+                if ready and (on_tick or behind):
                     break
-                self.wake.wait(timeout=max(next_tick - now, 0.0) if ready else 1.0)
+                waiting = [s for s in live if s._inbox or s.keep_running]
+                self.wake.wait(timeout=max(next_tick - now, 0.0) if waiting else 1.0)
             batch = _Batch(
+                on_tick=on_tick,
                 inputs=torch.zeros(self.batch_size, 1, FRAME_SAMPLES),
                 exec_mask=torch.zeros(self.batch_size, dtype=torch.bool),
                 fresh_mask=torch.zeros(self.batch_size, dtype=torch.bool),
                 owners={}, frames={}, client_audio={}, enqueued={},
             )
             for slot in ready:
-                taken = slot._take()
+                taken = slot._take(feed_silence=on_tick)
                 if taken is None:
                     continue
                 index = slot.index

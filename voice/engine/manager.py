@@ -7,6 +7,7 @@ they chose (sft, base or pretrain); the SFT model is required, the other two are
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import threading
@@ -112,6 +113,9 @@ def install_manager(config: ManagerConfig) -> ModelManager:
         if _manager is None:
             manager = ModelManager(config)
             manager.load()
+            # Stop the inference threads before the interpreter tears down: a thread killed inside
+            # torch aborts the process ("terminate called without an active exception").
+            atexit.register(manager.stop)
             _manager = manager
         return _manager
 
