@@ -12,8 +12,8 @@ from channels.db import database_sync_to_async
 from transcripts.models import Transcription
 from voice.asr import OpenAICompatibleBackend
 from voice.protocol import Dialect
+from voice.protocol.effects import TranscriptionRequest
 from voice.protocol.records import TranscriptionOutcome
-from voice.protocol.session import TranscriptionRequest
 from voice.transcriber import SessionTranscriber
 
 from .asr_server import ASRServer

@@ -21,8 +21,8 @@ import numpy as np
 
 from .asr import TranscriptionBackend, TranscriptionError
 from .protocol.audio import SAMPLE_RATE
+from .protocol.effects import TranscriptionRequest
 from .protocol.records import TranscriptionOutcome
-from .protocol.session import TranscriptionRequest
 
 log = logging.getLogger(__name__)
 

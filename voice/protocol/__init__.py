@@ -5,6 +5,7 @@ audio frames for the model and persistence records, so it can be tested without 
 """
 
 from .dialect import Dialect
-from .session import Effects, RealtimeSession, SessionOptions
+from .effects import Effects
+from .session import RealtimeSession, SessionOptions
 
 __all__ = ["Dialect", "Effects", "RealtimeSession", "SessionOptions"]

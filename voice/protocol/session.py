@@ -11,20 +11,17 @@ import contextlib
 import copy
 import json
 import logging
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pydantic
-from openai.types.beta.realtime.realtime_client_event import RealtimeClientEvent as BetaClientEvent
-from openai.types.realtime.realtime_client_event import RealtimeClientEvent as GAClientEvent
 
-from . import records, session_config
+from . import client_events, records, session_config
 from .audio import FRAME_MS, SAMPLE_RATE, FrameAssembler, decode_pcm16, encode_pcm16, rms
 from .conversation import Conversation
 from .dialect import Dialect
+from .effects import Effects, TranscriptionRequest
 from .errors import ProtocolError
 from .events import EventFactory
 from .ids import new_id
@@ -38,42 +35,10 @@ log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100
 
 
-def _models_by_type(union: Any) -> dict[str, type[pydantic.BaseModel]]:
-    members = typing.get_args(typing.get_args(union)[0])
-    return {typing.get_args(m.model_fields["type"].annotation)[0]: m for m in members}
-
-
-_CLIENT_MODELS = {Dialect.GA: _models_by_type(GAClientEvent), Dialect.BETA: _models_by_type(BetaClientEvent)}
-
 # Settings that are accepted and reflected but that Moshi cannot act on; logged once per process.
 _IGNORED_SETTINGS: set[str] = set()
 
 
-@dataclass
-class Effects:
-    """What one call into the session produced."""
-
-    events: list[dict[str, Any]] = field(default_factory=list)
-    frames: list[np.ndarray] = field(default_factory=list)
-    records: list[records.Record] = field(default_factory=list)
-    transcriptions: list[TranscriptionRequest] = field(default_factory=list)
-
-    def extend(self, other: Effects) -> None:
-        self.events.extend(other.events)
-        self.frames.extend(other.frames)
-        self.records.extend(other.records)
-        self.transcriptions.extend(other.transcriptions)
-
-
-@dataclass(frozen=True)
-class TranscriptionRequest:
-    """A committed user turn to transcribe (24 kHz float32 audio) with the session's settings."""
-
-    item_id: str
-    audio: np.ndarray
-    model: str
-    language: str | None
-    prompt: str | None
 
 
 
@@ -135,10 +100,10 @@ class RealtimeSession:
         """Handle one client frame; bad input gives an `error` event and changes nothing else."""
         event_id: str | None = None
         try:
-            event = self._parse(text)
+            event = client_events.parse(text)
             # Read before the `type` checks, so that even an event without a usable type is named.
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-            self._check_type(event)
+            client_events.check_type(event)
             handler = self._handlers.get(event["type"])
             if handler is None:
                 raise ProtocolError(
@@ -225,40 +190,6 @@ class RealtimeSession:
         return self.response is not None
 
     # --- parsing ------------------------------------------------------------------------------
-
-    def _parse(self, text: str | bytes) -> dict[str, Any]:
-        try:
-            event = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
-            raise ProtocolError("invalid_event", "The server could not parse the event: it is not valid JSON.") from None
-        if not isinstance(event, dict):
-            raise ProtocolError("invalid_event", "An event must be a JSON object.")
-        return event
-
-    @staticmethod
-    def _check_type(event: dict[str, Any]) -> None:
-        if "type" not in event:
-            raise ProtocolError("invalid_event", "Missing required parameter: 'type'.", param="type")
-        if not isinstance(event["type"], str):
-            raise ProtocolError("invalid_event", "Invalid type for 'type': expected a string.", param="type")
-
-    def _validate(self, event: dict[str, Any]) -> None:
-        """Check a client event against the SDK's model for its type in this dialect."""
-        model = _CLIENT_MODELS[self.dialect].get(event["type"])
-        if model is None:
-            return
-        try:
-            model.model_validate(event)
-        except pydantic.ValidationError as exc:
-            first = session_config._relevant_error(exc.errors())
-            path = session_config._input_path(event, first["loc"])
-            param = ".".join(str(p) for p in path) or None
-            if first["type"] == "missing":
-                # The missing key is not in the input, so only its parent's path can be walked.
-                parent = session_config._input_path(event, first["loc"][:-1])
-                missing = ".".join(str(p) for p in [*parent, first["loc"][-1]])
-                raise ProtocolError("missing_required_parameter", f"Missing required parameter: '{missing}'.", param=missing) from None
-            raise ProtocolError("invalid_value", f"Invalid value for '{param}': {first['msg']}.", param=param) from None
 
     # --- session ------------------------------------------------------------------------------
 
@@ -356,7 +287,7 @@ class RealtimeSession:
     # --- conversation items -------------------------------------------------------------------
 
     def _item_create(self, event: dict[str, Any]) -> Effects:
-        self._validate(event)
+        client_events.validate(event, self.dialect)
         item = dict(event["item"])
         item.setdefault("id", new_id("item"))
         if not item["id"]:
@@ -369,14 +300,14 @@ class RealtimeSession:
         return effects
 
     def _item_retrieve(self, event: dict[str, Any]) -> Effects:
-        self._validate(event)
+        client_events.validate(event, self.dialect)
         snapshot = self.conversation.snapshot(event["item_id"])
         if self.response is not None and self.response.item_id == event["item_id"]:
             snapshot = self.response.item("in_progress", partial=True)  # what has been said so far
         return Effects(events=[self.events.item_retrieved(snapshot)])
 
     def _item_truncate(self, event: dict[str, Any]) -> Effects:
-        self._validate(event)
+        client_events.validate(event, self.dialect)
         item_id = event["item_id"]
         item = self.conversation.get(item_id, "item_truncate_invalid_item_id", "truncating")
         if item.get("role") != "assistant":
@@ -413,7 +344,7 @@ class RealtimeSession:
         return "".join(text for frame, text in pieces if frame * FRAME_MS < audio_end_ms)
 
     def _item_delete(self, event: dict[str, Any]) -> Effects:
-        self._validate(event)
+        client_events.validate(event, self.dialect)
         self.conversation.delete(event["item_id"])
         return Effects(events=[self.events.item_deleted(event["item_id"])], records=[records.ItemDeleted(event["item_id"])])
 
@@ -438,7 +369,7 @@ class RealtimeSession:
     # --- responses ----------------------------------------------------------------------------
 
     def _response_create(self, event: dict[str, Any]) -> Effects:
-        self._validate(event)
+        client_events.validate(event, self.dialect)
         if self.response is not None:
             raise ProtocolError(
                 "conversation_already_has_active_response",
@@ -459,7 +390,7 @@ class RealtimeSession:
         )
 
     def _response_cancel(self, event: dict[str, Any]) -> Effects:
-        self._validate(event)
+        client_events.validate(event, self.dialect)
         wanted = event.get("response_id")
         if self.response is None or (wanted and wanted != self.response.id):
             raise ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found")

@@ -1,0 +1,37 @@
+"""What one call into a RealtimeSession produces, as plain data for the connection to act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import records
+
+
+@dataclass
+class Effects:
+    """What one call into the session produced."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+    records: list[records.Record] = field(default_factory=list)
+    transcriptions: list[TranscriptionRequest] = field(default_factory=list)
+
+    def extend(self, other: Effects) -> None:
+        self.events.extend(other.events)
+        self.frames.extend(other.frames)
+        self.records.extend(other.records)
+        self.transcriptions.extend(other.transcriptions)
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """A committed user turn to transcribe (24 kHz float32 audio) with the session's settings."""
+
+    item_id: str
+    audio: np.ndarray
+    model: str
+    language: str | None
+    prompt: str | None
