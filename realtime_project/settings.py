@@ -112,8 +112,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
-# Serve app static files (the admin's) straight from the finders so daphne needs no collectstatic.
+# Static files (the admin's, the console's) are served by whitenoise straight from the app finders,
+# so daphne needs no collectstatic; set DJANGO_STATIC_ROOT to collect them for another server.
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or None
 WHITENOISE_USE_FINDERS = True
 
 # Recordings (REALTIME_RECORD_AUDIO) go through the default storage; files under var/media by default.
