@@ -101,7 +101,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -116,6 +115,10 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as `python bench/realtime_bench.py`: make the project importable
+
+from voice.testing.live_server import LiveServer  # noqa: E402
+
 DEFAULT_AUDIO = REPO.parent / "shared" / "audio"
 AUDIO_FILES = ("weather_en_24k.wav", "hello_booking_24k.wav", "train_fr_24k.wav")
 SAMPLE_RATE = 24000
@@ -138,27 +141,7 @@ ANCHOR_TURN_DETECTION = {
 }
 MODES = ("batched", "serial")
 
-# Settings that would change what the server does if they leaked in from the caller's shell.
-_SCRUBBED_PREFIXES = ("REALTIME_", "RESPONSE_", "ASR_", "MOSHI_", "DJANGO_")
-_SCRUBBED = {
-    "DATABASE_URL",
-    "REDIS_URL",
-    "SFT_MODEL",
-    "BASE_MODEL",
-    "PRETRAIN_MODEL",
-    "VOICE_LOAD_MODEL",
-    "DEMO_CHECKPOINT_DIR",
-    "LOG_LEVEL",
-}
-
-
 # --- the server -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -169,110 +152,51 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
-class Server:
-    """One daphne in its own process, temporary folder, database and demo checkpoint."""
+class Server(LiveServer):
+    """One daphne per engine mode, in its own process, temporary folder, database and checkpoint."""
 
     def __init__(self, mode: str, max_sessions: int, workdir: Path, log_path: Path) -> None:
-        self.mode = mode
-        self.workdir = workdir
-        self.log_path = log_path
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.ready_info: dict[str, Any] = {}
-        self.startup_s = 0.0
-        self.exit_code: int | None = None
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in _SCRUBBED and not key.startswith(_SCRUBBED_PREFIXES)
-        }
-        env.update(
+        super().__init__(
+            workdir,
             {
                 "REALTIME_ENGINE": mode,
                 "REALTIME_MAX_SESSIONS": str(max_sessions),
-                "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
-                "DEMO_CHECKPOINT_DIR": str(workdir / "demo"),
                 "RESPONSE_MAX_MS": "3600000",  # responses never end on their own during a run
                 "REALTIME_IDLE_TIMEOUT_S": "0",
                 "REALTIME_OPEN_ENDPOINT": "1",  # no API key needed (the default under DEBUG anyway)
                 "LOG_LEVEL": "WARNING",
-                "DJANGO_SETTINGS_MODULE": "realtime_project.settings",
-                "PYTHONUNBUFFERED": "1",
-            }
+            },
+            log_path=log_path,
         )
-        self.env = env
+        self.mode = mode
+        self.ready_info: dict[str, Any] = {}
+        self.startup_s = 0.0
+        self.exit_code: int | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.http_url
 
     def start(self, timeout: float) -> None:
         started = time.monotonic()
-        migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if migrate.returncode != 0:
-            raise RuntimeError(f"migrate failed ({migrate.returncode}):\n{migrate.stdout}\n{migrate.stderr}")
-        daphne = Path(sys.executable).parent / "daphne"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(daphne), "-b", "127.0.0.1", "-p", str(self.port), "realtime_project.asgi:application"],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.process.returncode} before it was ready:\n{self.log()}")
-            with contextlib.suppress(OSError, ValueError):
-                status, body = http_get(f"{self.url}/healthz", timeout=2)
-                if status == 200:
-                    self.ready_info = json.loads(body)
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne was not ready within {timeout:.0f}s:\n{self.log()}")
-            time.sleep(0.2)
+        super().start(timeout)
         self.startup_s = time.monotonic() - started
+        self.ready_info = json.loads(http_get(f"{self.url}/healthz")[1])
 
     def stop(self) -> None:
-        """SIGTERM by PID, then SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
-        self.exit_code = self.process.returncode
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        super().stop()
+        if self.process is not None:
+            self.exit_code = self.process.returncode
 
     def cpu_seconds(self) -> float | None:
         """utime + stime of the daphne process (all its threads)."""
-        if not self.alive():
+        if not self.alive() or self.process is None:
             return None
         try:
             fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log(self, tail_chars: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail_chars:]
-        except FileNotFoundError:
-            return "(no daphne log)"
 
 
 # --- /metrics ---------------------------------------------------------------------------------

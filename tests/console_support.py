@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from .live_server import REPO_ROOT, LiveServer
+from voice.testing.live_server import REPO_ROOT, LiveServer
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PASSWORD = "console-test-password"

@@ -29,10 +29,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from voice.testing.live_server import LiveServer
+
 from .conftest import TIMEOUT
 from .console_support import PASSWORD, create_user
 from .helpers import read_pcm16
-from .live_server import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

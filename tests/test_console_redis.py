@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import websockets
 
+from voice.testing.live_server import LiveServer
+
 from .conftest import TIMEOUT
 from .console_support import admin_login, create_user, require_redis
-from .live_server import LiveServer
 
 # A database index of its own, so a developer's Redis data in db 0 is neither seen nor touched.
 REDIS_URL = "redis://127.0.0.1:6379/11"

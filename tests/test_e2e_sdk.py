@@ -27,10 +27,10 @@ from websockets.exceptions import ConnectionClosed
 
 from voice.consumers import CLOSE_TRY_AGAIN
 from voice.protocol import Dialect
+from voice.testing.live_server import LiveServer
 
 from .conftest import TIMEOUT
 from .helpers import read_pcm16, silence
-from .live_server import LiveServer
 from .strict import strict
 
 STARTUP_TIMEOUT = 6 * TIMEOUT  # migrate + first load of the model on a busy 2-core CPU

@@ -16,11 +16,11 @@ import pytest
 from openai import AsyncOpenAI
 
 from voice.protocol import Dialect
+from voice.testing.live_server import LiveServer
 
 from .asr_server import ASRServer
 from .conftest import TIMEOUT
 from .helpers import read_pcm16
-from .live_server import LiveServer
 from .strict import strict
 
 

@@ -17,9 +17,9 @@ import pytest
 import websockets
 
 from voice.protocol import Dialect
+from voice.testing.live_server import LiveServer
 
 from .conftest import TIMEOUT
-from .live_server import LiveServer
 from .strict import strict
 
 # What LiveKit, openai-agents and pipecat send in session.update, merged (README, frameworks).
