@@ -11,7 +11,7 @@ from voice.protocol import Dialect
 from voice.protocol.audio import FRAME_SAMPLES, FrameAssembler, decode_pcm16, encode_pcm16, rms
 from voice.protocol.errors import ProtocolError
 
-from .test_protocol_session import BOTH, LOUD, ProtocolClient, pcm16_b64, types
+from .protocol_client import BOTH, LOUD, ProtocolClient, pcm16_b64, types
 
 
 def ramp(start: int, count: int) -> np.ndarray:

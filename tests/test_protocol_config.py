@@ -12,7 +12,7 @@ import pytest
 from voice.protocol import Dialect
 from voice.protocol.records import ConfigAccepted
 
-from .test_protocol_session import ProtocolClient, types
+from .protocol_client import ProtocolClient, types
 
 WEATHER_TOOL = {
     "type": "function",

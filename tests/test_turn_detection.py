@@ -18,7 +18,7 @@ from voice.protocol.session_config import DEFAULT_TURN_DETECTION
 from voice.protocol.turn_detection import WINDOW_MS, TurnDetector, TurnEvent
 
 from .helpers import read_pcm16
-from .test_protocol_session import (
+from .protocol_client import (
     BOTH,
     LOUD,
     PAUSE,
