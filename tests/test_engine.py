@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from voice.engine.batched import BatchedEngine, FrameOutput, Slot
+from voice.engine.batched import BatchedEngine
 from voice.engine.checkpoint import load_model
+from voice.engine.slots import FrameOutput, Slot
 
 from .conftest import TIMEOUT
 
@@ -190,7 +191,7 @@ async def test_the_serial_baseline_steps_one_session_at_a_time(demo_checkpoint: 
 
 
 async def test_a_client_that_reads_slowly_cannot_grow_the_output_queue(engine: BatchedEngine) -> None:
-    from voice.engine.batched import OUTBOX_FRAMES
+    from voice.engine.slots import OUTBOX_FRAMES
 
     slot = engine.acquire(asyncio.get_running_loop())
     assert slot is not None
@@ -202,7 +203,7 @@ async def test_a_client_that_reads_slowly_cannot_grow_the_output_queue(engine: B
 
 
 async def test_dropped_output_keeps_its_speech_scores_for_turn_detection(engine: BatchedEngine) -> None:
-    from voice.engine.batched import OUTBOX_FRAMES
+    from voice.engine.slots import OUTBOX_FRAMES
 
     slot = engine.acquire(asyncio.get_running_loop())
     assert slot is not None

@@ -25,8 +25,8 @@ from .audio_recording import SessionAudioRecorder
 from .auth import authenticate, open_endpoint, presented_key
 from .conf import get_config
 from .console.publisher import SessionFacts, SessionPublisher
-from .engine.batched import EngineFailure, Slot
 from .engine.manager import get_manager
+from .engine.slots import EngineFailure, Slot
 from .protocol import Dialect, Effects, RealtimeSession, SessionOptions
 from .protocol.errors import ProtocolError
 from .protocol.records import TranscriptionOutcome

@@ -29,32 +29,12 @@ from moshi.models import LMGen
 from moshi.utils.compile import no_compile
 
 from .checkpoint import LoadedModel
+from .slots import FRAME_SAMPLES, EngineFailure, FrameOutput, Slot
 from .vad import SpeechDetector
 
 log = logging.getLogger(__name__)
 
-FRAME_SAMPLES = 1920
 TEXT_PADDING_IDS = (0, 3)
-OUTBOX_FRAMES = 64
-
-
-@dataclass
-class FrameOutput:
-    """What one tick produced for a slot.
-
-    ``text`` is the model's text piece (None for padding), ``pcm`` its 1920 float32 samples (None
-    while a restarted slot's output is not generated yet). ``speech`` holds the VAD's speech
-    probability per 32 ms window of the input frame, and ``client_audio`` says whether that frame
-    was the client's audio or silence the server fed to let the model finish speaking.
-    """
-
-    text: str | None
-    pcm: np.ndarray | None
-    speech: list[float]
-    client_audio: bool
-    latency_s: float  # client frame queued -> model output ready
-    heard: np.ndarray | None = None  # the input frame the model stepped on (for recordings)
-    ready_at: float = 0.0  # time.perf_counter() when the output was ready
 
 
 @dataclass
@@ -69,112 +49,6 @@ class _Batch:
     frames: dict[int, np.ndarray]
     client_audio: dict[int, bool]
     enqueued: dict[int, float]
-
-
-@dataclass
-class EngineFailure:
-    message: str
-
-
-class Slot:
-    """A session's place in the batch. The event loop writes frames in and reads outputs here."""
-
-    def __init__(self, engine: BatchedEngine, index: int, loop: asyncio.AbstractEventLoop, inbox_frames: int) -> None:
-        self.engine = engine
-        self.index = index
-        self.loop = loop
-        self.inbox_frames = inbox_frames
-        self._inbox: collections.deque[tuple[np.ndarray, float]] = collections.deque()
-        self.outbox = Outbox(OUTBOX_FRAMES)
-        self.keep_running = False  # set while a response is open: step on silence when no audio came
-        self.fresh = True  # the next frame is the slot's first after a restart
-        self.released = False
-        self.dropped_outputs = 0
-
-    def push(self, frame: np.ndarray) -> bool:
-        """Queue one input frame; False when the inbox is full (the client sends faster than real time)."""
-        with self.engine.lock:
-            if len(self._inbox) >= self.inbox_frames:
-                return False
-            self._inbox.append((frame, time.perf_counter()))
-            self.engine.wake.notify()
-        return True
-
-    @property
-    def queued_frames(self) -> int:
-        return len(self._inbox)
-
-    def set_keep_running(self, value: bool) -> None:
-        with self.engine.lock:
-            self.keep_running = value
-            if value:
-                self.engine.wake.notify()
-
-    def release(self) -> None:
-        self.engine.release(self)
-
-    # Called on the inference thread with engine.lock held.
-    def _take(self, feed_silence: bool) -> tuple[np.ndarray, float, bool] | None:
-        """The next frame, when it was queued, and whether it is the client's audio."""
-        if self._inbox:
-            frame, queued_at = self._inbox.popleft()
-            return frame, queued_at, True
-        if self.keep_running and feed_silence:
-            return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter(), False
-        return None
-
-    def deliver_threadsafe(self, item: FrameOutput | EngineFailure) -> None:
-        """Hand an output to the slot's event loop from the inference thread."""
-        try:
-            self.loop.call_soon_threadsafe(self._deliver, item)
-        except RuntimeError:  # the session's loop has closed; it can no longer take output
-            self.engine.release(self)
-
-    # Called on the event loop (via call_soon_threadsafe).
-    def _deliver(self, item: FrameOutput | EngineFailure) -> None:
-        if self.released:
-            return
-        if self.outbox.put_dropping_oldest(item):
-            self.dropped_outputs += 1
-
-
-class Outbox:
-    """A slot's bounded output queue, read by the session's sender on the event loop.
-
-    A client that reads more slowly than the model speaks must not grow memory, so when it is full
-    the oldest frame's audio and text go. Its VAD scores do not: they move on to the next frame,
-    because turn detection counts time in scored windows and would fall behind without them.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._items: collections.deque[FrameOutput | EngineFailure] = collections.deque()
-        self._size = size
-        self._ready = asyncio.Event()
-
-    def put_dropping_oldest(self, item: FrameOutput | EngineFailure) -> bool:
-        """Queue an item; True when the oldest one had to make room for it."""
-        dropped = False
-        if len(self._items) >= self._size:
-            oldest = self._items.popleft()
-            dropped = True
-            if isinstance(oldest, FrameOutput) and oldest.speech:
-                heir = next(
-                    (i for i in (*self._items, item) if isinstance(i, FrameOutput) and i.client_audio), None
-                )
-                if heir is not None:
-                    heir.speech = oldest.speech + heir.speech
-        self._items.append(item)
-        self._ready.set()
-        return dropped
-
-    async def get(self) -> FrameOutput | EngineFailure:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-    def qsize(self) -> int:
-        return len(self._items)
 
 
 @dataclass

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import metrics
-from .batched import BatchedEngine, Slot
+from .batched import BatchedEngine
 from .checkpoint import ModelLoadError, load_model, resolve_device
 from .demo_checkpoint import write_demo_checkpoint
 from .serial import SerialPool
+from .slots import Slot
 
 log = logging.getLogger(__name__)
 

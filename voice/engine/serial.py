@@ -12,8 +12,9 @@ import copy
 import threading
 from dataclasses import replace
 
-from .batched import BatchedEngine, Slot
+from .batched import BatchedEngine
 from .checkpoint import LoadedModel
+from .slots import Slot
 
 
 class SerialPool:
