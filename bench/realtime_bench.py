@@ -995,22 +995,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
             color=color,
             label=f"{mode} server overhead p50",
         )
-    latency_ax.axhline(REAL_TIME_BOUND_S * 1000, color="gray", linestyle="-.", label="real-time bound (240 ms)")
-    latency_ax.set_xscale("log", base=2)
-    latency_ax.set_yscale("log")
-    latency_ax.set_xlabel("concurrent sessions K")
-    latency_ax.set_ylabel("frame latency, client side (ms)")
-    latency_ax.set_title("Frame latency vs concurrent sessions")
-    latency_ax.grid(True, which="both", alpha=0.3)
-    latency_ax.legend(fontsize=8)
-    step_ax.axhline(FRAME_S * 1000, color="gray", linestyle="-.", label="80 ms frame (RTF 1)")
-    step_ax.set_xscale("log", base=2)
-    step_ax.set_yscale("log")
-    step_ax.set_xlabel("concurrent sessions K")
-    step_ax.set_ylabel("ms")
-    step_ax.set_title("Server: model step and per-frame overhead (p50)")
-    step_ax.grid(True, which="both", alpha=0.3)
-    step_ax.legend(fontsize=8)
+    for ax, bound_ms, bound_label, ylabel, title in (
+        (latency_ax, REAL_TIME_BOUND_S * 1000, "real-time bound (240 ms)", "frame latency, client side (ms)",
+         "Frame latency vs concurrent sessions"),
+        (step_ax, FRAME_S * 1000, "80 ms frame (RTF 1)", "ms", "Server: model step and per-frame overhead (p50)"),
+    ):
+        ax.axhline(bound_ms, color="gray", linestyle="-.", label=bound_label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent sessions K")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     for ax in (latency_ax, step_ax):
         all_ks = sorted({s["k"] for run in results["runs"].values() for s in run["ks"]})
         if all_ks:
