@@ -16,7 +16,7 @@ K opens K concurrent clients written with the official openai SDK (GA dialect). 
    measurement (below), and waits for ``session.updated``; all K clients then start together,
    each shifted by ``i * 80 ms / K`` so that their frames reach the server at different points of
    a tick;
-2. streams speech from ``../shared/audio`` (three files, a different file and start offset per
+2. streams speech from ``tests/audio`` (three files, a different file and start offset per
    client, looping) in real time: exact 80 ms appends of 1920 samples (3840 bytes of pcm16), each
    sent at ``start + n * 80 ms`` (a fixed schedule, so the client never drifts), for
    ``--seconds``, with ``response.create`` sent right behind the first append (see below why
@@ -119,7 +119,7 @@ sys.path.insert(0, str(REPO))  # run as `python bench/realtime_bench.py`: make t
 
 from voice.testing.live_server import LiveServer  # noqa: E402
 
-DEFAULT_AUDIO = REPO.parent / "shared" / "audio"
+DEFAULT_AUDIO = REPO / "tests" / "audio"
 AUDIO_FILES = ("weather_en_24k.wav", "hello_booking_24k.wav", "train_fr_24k.wav")
 SAMPLE_RATE = 24000
 FRAME_S = 0.08
@@ -1037,7 +1037,7 @@ def main() -> int:
         "--warmup-sessions", type=int, default=0, help="sessions in the warm-up (default: the largest K, every slot)"
     )
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for migrate + model load")
-    parser.add_argument("--audio-dir", default=str(DEFAULT_AUDIO), help="folder with the shared test speech")
+    parser.add_argument("--audio-dir", default=str(DEFAULT_AUDIO), help="folder with the test speech (tests/audio)")
     parser.add_argument(
         "--no-anchors",
         dest="anchors",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 TIMEOUT = float(os.environ.get("TEST_TIMEOUT", "20"))
-SHARED_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
+AUDIO_DIR = Path(__file__).resolve().parent / "audio"  # test speech; its README says what each file holds
 
 # Settings the tests run under: the model steps as soon as a frame is ready (no 80 ms pacing), the
 # demo model's responses (it never falls silent) end after 1.6 s of output, and the input queue
@@ -57,7 +57,7 @@ def voice_test_settings(settings):
 
 
 def audio_path(name: str) -> Path:
-    path = SHARED_AUDIO / name
+    path = AUDIO_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the tests need ../shared/audio beside the repository")
+        raise FileNotFoundError(f"{path}: no such test audio file; tests/audio/README.md lists the ones there are")
     return path

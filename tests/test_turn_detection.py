@@ -2,7 +2,7 @@
 
 The protocol tests play the VAD by hand: `client.hear(*probabilities)` is one tick's speech
 probabilities (one per 32 ms window of the client's audio). The last section runs Silero on the
-shared test audio (../shared/audio) exactly as the inference thread does: 80 ms frames of 24 kHz.
+test speech (tests/audio) exactly as the inference thread does: 80 ms frames of 24 kHz.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def test_semantic_vad_without_eagerness_is_auto() -> None:
 
 @BOTH
 def test_a_spoken_turn_gives_the_canonical_ordering(dialect: Dialect) -> None:
-    """PROTOCOL.md §2.5: speech_started, speech_stopped, committed, the user item, then the response."""
+    """One spoken turn (docs/protocol-mapping.md): speech_started, speech_stopped, committed, user item, response."""
     client = ProtocolClient(dialect)
     client.send({"type": "input_audio_buffer.append", "audio": audio_ms(1200)})
     quiet = client.hear(0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # 480 ms
@@ -417,7 +417,7 @@ def test_silero_scores_every_32_ms_window_of_the_stream(speech_detector: Any) ->
 def test_two_utterances_are_found_where_they_were_spoken(speech_detector: Any) -> None:
     events = detect(speech_detector, "hello_booking_24k.wav")
     assert [event.kind for event in events] == ["started", "stopped", "started", "stopped"], events
-    truth = [(1030, 5570), (6950, 11490)]  # measured spans, see ../shared/audio/README.md
+    truth = [(1030, 5570), (6950, 11490)]  # measured spans, see tests/audio/README.md
     prefix = SERVER_VAD["prefix_padding_ms"]
     for (start, end), (started, stopped) in zip(truth, zip(events[::2], events[1::2], strict=True), strict=True):
         assert abs(started.audio_ms + prefix - start) <= TOLERANCE_MS, (started, start)
