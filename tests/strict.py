@@ -17,7 +17,7 @@ from openai.types.realtime.realtime_server_event import RealtimeServerEvent as G
 
 from voice.protocol import Dialect
 
-# Keys OpenAI sends in `session` that the SDK's session models leave out (see PROTOCOL.md §3).
+# Keys OpenAI sends in `session` that the SDK's session models leave out (docs/protocol-mapping.md).
 SESSION_EXTRAS = {"id", "object", "expires_at", "client_secret"}
 
 

@@ -4,7 +4,7 @@ Everything goes over TCP as in production: the SDK's own handshake, real-time au
 every 100 ms), the server's real 80 ms tick, its own SQLite database (read back here with sqlite3).
 Every event received is validated strictly against the SDK model of its type (tests/strict.py),
 and the order of the events of each response is checked against what clients rely on
-(PROTOCOL.md §2.5).
+(docs/protocol-mapping.md, "One spoken turn, in order").
 """
 
 from __future__ import annotations
@@ -434,7 +434,7 @@ def turn_detection_of(session: dict[str, Any], dialect: Dialect) -> dict[str, An
 
 
 def user_turn_events(dialect: Dialect) -> list[str]:
-    """What server turn detection sends for one spoken turn, before the response (PROTOCOL.md §2.5)."""
+    """What server turn detection sends for one spoken turn, before the response (docs/protocol-mapping.md)."""
     entered = (
         ["conversation.item.added", "conversation.item.done"]
         if dialect is Dialect.GA

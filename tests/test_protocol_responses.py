@@ -77,7 +77,7 @@ def test_a_second_response_create_is_rejected_without_response_events(dialect: D
 
 @BOTH
 def test_response_create_while_a_turn_detection_response_is_open_is_rejected(dialect: Dialect) -> None:
-    """The race of PROTOCOL.md §6.8: the client asks for a response that the server already opened."""
+    """A race clients rely on (docs/protocol-mapping.md): the client asks for a response the server already opened."""
     client = ProtocolClient(dialect)
     opened = client.user_turn()
     [response_id] = [e["response"]["id"] for e in opened.events if e["type"] == "response.created"]

@@ -5,7 +5,7 @@ the thread takes one frame from each slot that has one ready (or that must keep 
 batched Mimi encode -> LMGen step -> Mimi decode, and hands each slot its own text and audio back
 on the event loop. Slots without input are skipped with ``set_exec_mask``; a new session restarts
 only its own slot with ``reset_streaming(mask)``. LMGen runs with ``support_out_of_sync=True`` so a
-restart does not stall the other slots (see DESIGN.md); a restarted slot's first outputs carry the
+restart does not stall the other slots (see docs/architecture.md); a restarted slot's first outputs carry the
 ungenerated token id and are skipped for that slot alone.
 
 Model work never runs on the event loop: the loop only appends to a slot's bounded inbox and reads

@@ -1,7 +1,7 @@
 """Responses from a full-duplex model: when one opens, what it holds, when it closes.
 
 Moshi listens and speaks at once; the Realtime protocol thinks in responses. This module is the one
-place that maps one onto the other (see DESIGN.md, "Responses from a full-duplex model"):
+place that maps one onto the other (see docs/protocol-mapping.md, "Responses"):
 
 - a response opens when turn detection commits the user's turn (with `create_response`), or at
   once on `response.create`; it takes the model's output from then on (output outside responses
