@@ -15,7 +15,17 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	cp requirements.txt $(STAMP)
 
+# `make serve` is for local development: it sets the development values the server otherwise
+# refuses to run with (DEBUG, a known secret key, an open Realtime endpoint), each only when the
+# environment does not set it already, and says so. A deployment sets its own (see the README).
+DEV_SECRET_KEY := dev-only-insecure-key-change-me
+serve: export DJANGO_DEBUG ?= 1
+serve: export DJANGO_SECRET_KEY ?= $(DEV_SECRET_KEY)
+serve: export REALTIME_OPEN_ENDPOINT ?= 1
 serve: $(STAMP)
+	@echo "make serve: development settings, not for production: DJANGO_DEBUG=$(DJANGO_DEBUG)," \
+		"REALTIME_OPEN_ENDPOINT=$(REALTIME_OPEN_ENDPOINT)," \
+		"$(if $(filter $(DEV_SECRET_KEY),$(DJANGO_SECRET_KEY)),the development DJANGO_SECRET_KEY,DJANGO_SECRET_KEY from the environment)"
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py make_demo_checkpoint
 	$(BIN)/daphne --bind $(HOST) --port $(PORT) --websocket_timeout -1 \

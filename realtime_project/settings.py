@@ -1,7 +1,9 @@
 """Django settings, read from the environment (12-factor).
 
 Every variable has an embedded default that needs no outside service: SQLite, the in-memory
-channel layer and the demo Moshi checkpoint. The README lists each variable.
+channel layer and the demo Moshi checkpoint. Defaults are closed: DEBUG is off unless
+DJANGO_DEBUG=1, and without DEBUG the server does not start until DJANGO_SECRET_KEY is set.
+The README lists each variable.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -32,10 +35,41 @@ def env_float(name: str, default: float) -> float:
     return float(value) if value.strip() else default
 
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-# The fallback key only exists so that `make serve` works out of the box; a deployment sets its own.
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "dev-only-insecure-key-change-me"
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
+def env_list(name: str, default: str = "") -> list[str]:
+    """A comma-separated variable as a list, blanks dropped."""
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# Closed by default: DEBUG (tracebacks, URL lists on a 404, an open Realtime endpoint, open /metrics)
+# only when asked for. `make serve` asks for it, and says so.
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set, and DEBUG is off: refusing to start with a known key. Set "
+            "DJANGO_SECRET_KEY to a long random value (e.g. the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`), or set DJANGO_DEBUG=1 for "
+            "local development (`make serve` does both for you)."
+        )
+    SECRET_KEY = "dev-only-insecure-key-change-me"  # DEBUG only: local development, never a deployment
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+
+# HTTPS. Cookies are Secure unless DEBUG (or DJANGO_SECURE_COOKIES=0, for plain HTTP on a trusted
+# network); redirects and HSTS are opt-in, since they commit the host to HTTPS (see the README).
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Probes and scrapers often talk to the process directly over plain HTTP; a redirect would only
+# break them (a scraper's bearer token has already been sent by the time it is redirected).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients): requests
+# with `X-Forwarded-Proto: https` count as secure, for Django and for the console's origin check.
+if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "daphne",

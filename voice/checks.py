@@ -17,13 +17,13 @@ def check_model_paths(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessa
     for key in ("SFT_MODEL", "BASE_MODEL", "PRETRAIN_MODEL"):
         reference = get_config()[key]
         if reference and (reference.startswith(("/", ".", "~"))) and not Path(reference).expanduser().is_dir():
-            errors.append(
-                checks.Error(f"{key} points to {reference}, which is not a folder.", id="voice.E001")
-            )
+            errors.append(checks.Error(f"{key} points to {reference}, which is not a folder.", id="voice.E001"))
     return errors
 
 
-@checks.register()
+# A deployment check (manage.py check --deploy): one daphne process is served well by the in-memory
+# layer, so every manage.py command outside DEBUG should not repeat it.
+@checks.register(deploy=True)
 def check_channel_layer(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
     backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
     if not settings.DEBUG and backend.endswith("InMemoryChannelLayer"):
@@ -35,3 +35,33 @@ def check_channel_layer(app_configs: Any, **kwargs: Any) -> list[checks.CheckMes
             )
         ]
     return []
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_open_endpoint(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    from .auth import open_endpoint
+
+    if not settings.DEBUG and open_endpoint():
+        return [
+            checks.Warning(
+                "REALTIME_OPEN_ENDPOINT is on: anyone who can reach /v1/realtime may open sessions without an API key.",
+                hint="Unset REALTIME_OPEN_ENDPOINT (or set it to auto) and create keys in the admin.",
+                id="voice.W002",
+            )
+        ]
+    return []
+
+
+@checks.register(checks.Tags.security)
+def check_console_origins(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    from .console.access import normalized_origin
+
+    return [
+        checks.Error(
+            f"CONSOLE_ALLOWED_ORIGINS holds {origin!r}, which is not an origin.",
+            hint="Write each as scheme://host[:port], e.g. https://voice.example.com, comma-separated.",
+            id="voice.E002",
+        )
+        for origin in get_config()["CONSOLE_ALLOWED_ORIGINS"]
+        if normalized_origin(origin) is None
+    ]

@@ -57,6 +57,10 @@ class LiveServer:
                 "DATABASE_URL": f"sqlite:///{self.db_path}",
                 "DEMO_CHECKPOINT_DIR": str(workdir / "demo-checkpoint"),
                 "DJANGO_SETTINGS_MODULE": "realtime_project.settings",
+                # Development values, as `make serve` sets them (the settings refuse to start without a
+                # key unless DEBUG); a caller's env overrides them.
+                "DJANGO_DEBUG": "1",
+                "DJANGO_SECRET_KEY": "live-server-tests-only-insecure-key",
                 "PYTHONUNBUFFERED": "1",
                 **(env or {}),
             }
