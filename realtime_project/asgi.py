@@ -14,13 +14,15 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from voice.auth import origin_checked  # noqa: E402
+from voice.auth import host_checked, origin_checked  # noqa: E402
 from voice.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # Browser origins checked first; the Django session (staff console) next; API keys in the consumer.
-        "websocket": origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # The Host against ALLOWED_HOSTS first, as for HTTP; then browser origins (the Realtime
+        # endpoint's list; the console checks its own); the Django session (staff console) next;
+        # API keys in the consumer. Every refusal closes before accept: daphne answers HTTP 403.
+        "websocket": host_checked(origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

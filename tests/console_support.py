@@ -35,11 +35,20 @@ def require_redis() -> None:
         pytest.fail(f"{REDIS_HOST}:{REDIS_PORT} answered PING with {reply!r}, not +PONG: is it Redis?", pytrace=False)
 
 
-def create_user(live: LiveServer, username: str, *, staff: bool, timeout: float) -> None:
-    """A user in the live server's database (a separate process: the test's own database is another)."""
+# What a staff member needs to follow sessions and end them on the console.
+CONSOLE_PERMISSIONS = ("view_conversation", "end_session")
+
+
+def create_user(
+    live: LiveServer, username: str, *, staff: bool, timeout: float, permissions: tuple[str, ...] = ()
+) -> None:
+    """A user in the live server's database (a separate process: the test's own database is another),
+    with the named permissions of the transcripts app (e.g. CONSOLE_PERMISSIONS)."""
     code = (
-        "from django.contrib.auth.models import User; "
-        f"User.objects.create_user({username!r}, password={PASSWORD!r}, is_staff={staff!r})"
+        "from django.contrib.auth.models import Permission, User; "
+        f"user = User.objects.create_user({username!r}, password={PASSWORD!r}, is_staff={staff!r}); "
+        "user.user_permissions.add(*Permission.objects.filter("
+        f"content_type__app_label='transcripts', codename__in={list(permissions)!r}))"
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],

@@ -99,7 +99,7 @@ async def connected(
     """Connect, check the greeting, yield the client, and always disconnect."""
     from realtime_project.asgi import application
 
-    headers = [(b"authorization", b"Bearer sk-test")]
+    headers = [(b"host", b"testserver"), (b"authorization", b"Bearer sk-test")]
     if dialect is Dialect.BETA:
         headers.append((b"openai-beta", b"realtime=v1"))
     communicator = WebsocketCommunicator(application, path, headers=headers, subprotocols=subprotocols)

@@ -1,8 +1,10 @@
 """The staff console in-process: the page, its WebSocket, and sessions seen and ended through it.
 
 Sessions run on the demo checkpoint through WebsocketCommunicator; the console's WebSocket goes
-through the whole ASGI stack (origin check, Django session auth, router) with a real session
-cookie. The channel layer is the in-memory one: tests/test_console_redis.py covers two processes.
+through the whole ASGI stack (Host and origin checks, Django session auth, router) with a real
+session cookie. The channel layer is the in-memory one: tests/test_console_redis.py covers two
+processes. Who may open the console (its own origin only) and what each staff member may do on it
+(permissions, read afresh for every action) are tested here too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client as HttpClient
 
 from transcripts.models import Conversation
@@ -37,13 +39,30 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 SPEECH = "weather_en_24k.wav"
 Message = dict[str, Any]
 
+# The console's own origin in these tests: the Host its handshakes name, over plain HTTP.
+HOST = b"127.0.0.1:8000"
+OWN_ORIGIN = b"http://127.0.0.1:8000"
+FOLLOW = "view_conversation"
+END = "end_session"
+BOTH = (FOLLOW, END)
+
 
 # --- helpers ------------------------------------------------------------------------------------
 
 
+def create_user(username: str, *, staff: bool, perms: tuple[str, ...] = ()) -> User:
+    """A user with the named transcripts permissions (the console's: FOLLOW, END)."""
+    user = User.objects.create_user(username, password="pw-for-tests", is_staff=staff)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="transcripts", codename__in=perms))
+    return user
+
+
+make_user = database_sync_to_async(create_user)
+
+
 @database_sync_to_async
-def make_user(username: str, *, staff: bool) -> User:
-    return User.objects.create_user(username, password="pw-for-tests", is_staff=staff)
+def revoke(user: User, codename: str) -> None:
+    user.user_permissions.remove(Permission.objects.get(content_type__app_label="transcripts", codename=codename))
 
 
 @database_sync_to_async
@@ -80,13 +99,22 @@ class Feed:
                 return message
 
 
+async def console_socket(user: User | None, *, origin: bytes | None = OWN_ORIGIN, extra=()) -> WebsocketCommunicator:
+    """The console's handshake as a browser on the console page sends it (cookie, Host, Origin)."""
+    from realtime_project.asgi import application
+
+    headers = [(b"host", HOST), *extra]
+    if user is not None:
+        headers.append((b"cookie", (await session_cookie(user)).encode()))
+    if origin is not None:
+        headers.append((b"origin", origin))
+    return WebsocketCommunicator(application, "/console/live", headers=headers)
+
+
 @asynccontextmanager
 async def console(user: User) -> AsyncIterator[Feed]:
     """A staff console connected through the full ASGI stack; always disconnected after."""
-    from realtime_project.asgi import application
-
-    headers = [(b"cookie", (await session_cookie(user)).encode()), (b"origin", b"http://127.0.0.1:8000")]
-    communicator = WebsocketCommunicator(application, "/console/live", headers=headers)
+    communicator = await console_socket(user)
     ok, _ = await communicator.connect(timeout=TIMEOUT)
     assert ok, "a staff member's console was refused"
     feed = Feed(communicator)
@@ -104,7 +132,7 @@ async def keyed_session(key: str) -> AsyncIterator[Client]:
     from realtime_project.asgi import application
 
     communicator = WebsocketCommunicator(
-        application, "/v1/realtime", headers=[(b"authorization", f"Bearer {key}".encode())]
+        application, "/v1/realtime", headers=[(b"host", b"testserver"), (b"authorization", f"Bearer {key}".encode())]
     )
     assert (await communicator.connect(timeout=TIMEOUT))[0]
     client = Client(communicator, Dialect.GA)
@@ -139,7 +167,7 @@ def test_signed_in_non_staff_get_403(client) -> None:
 
 
 def test_staff_get_the_page_with_local_static_files(client) -> None:
-    client.force_login(User.objects.create_user("operator", password="pw-for-tests", is_staff=True))
+    client.force_login(create_user("operator", staff=True, perms=BOTH))
     page = client.get("/console/")
     assert page.status_code == 200
     html = page.content.decode()
@@ -155,19 +183,16 @@ def test_staff_get_the_page_with_local_static_files(client) -> None:
 
 
 async def test_the_console_socket_refuses_anonymous_and_non_staff() -> None:
-    from realtime_project.asgi import application
-
     # Closed before the handshake is accepted: daphne answers the upgrade with HTTP 403.
-    anonymous = WebsocketCommunicator(application, "/console/live")
+    anonymous = await console_socket(None)
     assert not (await anonymous.connect(timeout=TIMEOUT))[0]
-    visitor = await make_user("visitor", staff=False)
-    cookie = (await session_cookie(visitor)).encode()
-    non_staff = WebsocketCommunicator(application, "/console/live", headers=[(b"cookie", cookie)])
+    visitor = await make_user("visitor", staff=False, perms=BOTH)
+    non_staff = await console_socket(visitor)
     assert not (await non_staff.connect(timeout=TIMEOUT))[0]
 
 
 async def test_a_bad_console_action_gets_an_error_and_changes_nothing() -> None:
-    staff = await make_user("operator", staff=True)
+    staff = await make_user("operator", staff=True, perms=BOTH)
     async with console(staff) as feed:
         for action in ({"action": "end", "session_id": "../../etc"}, {"action": "dance"}, ["not", "an", "object"]):
             await feed.communicator.send_to(text_data=json.dumps(action))
@@ -176,16 +201,157 @@ async def test_a_bad_console_action_gets_an_error_and_changes_nothing() -> None:
 
 async def test_a_console_from_a_foreign_origin_is_refused_even_with_a_staff_cookie() -> None:
     """The console authenticates by cookie, so another site's page must not open it in a staff browser."""
-    from realtime_project.asgi import application
-
-    staff = await make_user("operator", staff=True)
-    headers = [(b"cookie", (await session_cookie(staff)).encode()), (b"origin", b"https://evil.example")]
-    communicator = WebsocketCommunicator(application, "/console/live", headers=headers)
+    staff = await make_user("operator", staff=True, perms=BOTH)
+    communicator = await console_socket(staff, origin=b"https://evil.example")
     assert not (await communicator.connect(timeout=TIMEOUT))[0]
 
 
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"http://127.0.0.1:8001",  # the same host on another port: another origin
+        b"https://127.0.0.1:8000",  # https where the console is served over http
+        b"http://localhost:8000",  # another of ALLOWED_HOSTS, not the one this handshake named
+        b"https://app.example.com",  # a Realtime browser app's origin (REALTIME_ALLOWED_ORIGINS)
+        b"http://127.0.0.1:8000.evil.example",
+        b"null",  # a sandboxed frame or a file: page
+        None,  # no Origin at all: not a browser on the console page
+    ],
+)
+async def test_only_the_consoles_own_origin_opens_it(settings, origin: bytes | None) -> None:
+    settings.VOICE = {**settings.VOICE, "ALLOWED_ORIGINS": ["https://app.example.com"]}
+    staff = await make_user("operator", staff=True, perms=BOTH)
+    refused = await console_socket(staff, origin=origin)
+    assert not (await refused.connect(timeout=TIMEOUT))[0], origin
+    # The same staff member, from the page the server itself serves, is let in.
+    async with console(staff):
+        pass
+
+
+async def test_the_default_port_and_case_are_the_same_origin() -> None:
+    from realtime_project.asgi import application
+
+    staff = await make_user("operator", staff=True, perms=BOTH)
+    cookie = (await session_cookie(staff)).encode()
+    headers = [(b"host", b"LocalHost"), (b"cookie", cookie), (b"origin", b"http://localhost:80")]
+    communicator = WebsocketCommunicator(application, "/console/live", headers=headers)
+    assert (await communicator.connect(timeout=TIMEOUT))[0]
+    await communicator.disconnect()
+
+
+async def test_behind_a_tls_proxy_the_console_origin_is_https(settings) -> None:
+    """With DJANGO_BEHIND_TLS_PROXY (SECURE_PROXY_SSL_HEADER), the proxy's X-Forwarded-Proto decides."""
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    staff = await make_user("operator", staff=True, perms=BOTH)
+    forwarded = [(b"x-forwarded-proto", b"https")]
+    for origin, expected in ((b"https://127.0.0.1:8000", True), (b"http://127.0.0.1:8000", False)):
+        communicator = await console_socket(staff, origin=origin, extra=forwarded)
+        assert (await communicator.connect(timeout=TIMEOUT))[0] is expected, origin
+        await communicator.disconnect()
+    # Without the header, the handshake came over plain HTTP.
+    plain = await console_socket(staff, origin=b"https://127.0.0.1:8000")
+    assert not (await plain.connect(timeout=TIMEOUT))[0]
+
+
+async def test_configured_console_origins_replace_the_default(settings) -> None:
+    settings.VOICE = {**settings.VOICE, "CONSOLE_ALLOWED_ORIGINS": ["https://ops.example.com"]}
+    staff = await make_user("operator", staff=True, perms=BOTH)
+    for origin, expected in (
+        (b"https://ops.example.com", True),
+        (b"https://ops.example.com:443", True),
+        (OWN_ORIGIN, False),
+    ):
+        communicator = await console_socket(staff, origin=origin)
+        assert (await communicator.connect(timeout=TIMEOUT))[0] is expected, origin
+        await communicator.disconnect()
+
+
+# --- what each staff member may do ----------------------------------------------------------------
+
+
+def refusal(action: str) -> Callable[[Message], bool]:
+    return lambda m: m["type"] == "error" and m.get("code") == "permission_denied" and m.get("action") == action
+
+
+async def still_alive(client: Client) -> None:
+    """The session was not ended: it still answers."""
+    await client.send({"type": "session.update", "session": {"type": "realtime"}})
+    assert (await client.recv_until("session.updated"))[-1]["type"] == "session.updated"
+
+
+async def test_staff_without_permissions_see_the_list_but_cannot_follow_or_end() -> None:
+    staff = await make_user("newcomer", staff=True)
+    key = await issue_key("permission key")
+    async with keyed_session(key) as client:
+        session_id = client.received[0]["session"]["id"]
+        async with console(staff) as feed:
+            await feed.until(about(session_id, "session"))
+            await feed.send({"action": "follow", "session_id": session_id})
+            denied = await feed.until(refusal("follow"))
+            assert "view conversation" in denied["message"] and denied["session_id"] == session_id
+            await feed.send({"action": "end", "session_id": session_id})
+            denied = await feed.until(refusal("end"))
+            assert "end a live session" in denied["message"]
+            await still_alive(client)
+            assert not [m for m in feed.received if m["type"] == "detail"]
+
+
+async def test_the_view_permission_follows_but_does_not_end() -> None:
+    staff = await make_user("watcher", staff=True, perms=(FOLLOW,))
+    key = await issue_key("permission key")
+    async with keyed_session(key) as client:
+        session_id = client.received[0]["session"]["id"]
+        async with console(staff) as feed:
+            await feed.send({"action": "follow", "session_id": session_id})
+            await feed.until(about(session_id, "detail"))
+            await feed.send({"action": "end", "session_id": session_id})
+            await feed.until(refusal("end"))
+            await still_alive(client)
+
+
+async def test_a_permission_revoked_while_the_console_is_open_counts_at_the_next_action() -> None:
+    staff = await make_user("operator", staff=True, perms=BOTH)
+    key = await issue_key("permission key")
+    async with keyed_session(key) as client:
+        session_id = client.received[0]["session"]["id"]
+        async with console(staff) as feed:
+            await feed.send({"action": "follow", "session_id": session_id})
+            await feed.until(about(session_id, "detail"))
+            await revoke(staff, END)
+            await feed.send({"action": "end", "session_id": session_id})
+            await feed.until(refusal("end"))
+            await still_alive(client)
+            await revoke(staff, FOLLOW)
+            await feed.send({"action": "follow", "session_id": session_id})
+            await feed.until(refusal("follow"))
+
+
+async def test_a_deactivated_account_can_do_nothing_on_a_console_it_still_holds() -> None:
+    staff = await make_user("leaver", staff=True, perms=BOTH)
+    key = await issue_key("permission key")
+    async with keyed_session(key) as client:
+        session_id = client.received[0]["session"]["id"]
+        async with console(staff) as feed:
+            await User.objects.filter(pk=staff.pk).aupdate(is_staff=False)
+            await feed.send({"action": "end", "session_id": session_id})
+            await feed.until(refusal("end"))
+            await still_alive(client)
+
+
+def test_the_page_leaves_out_what_the_staff_member_may_not_do(client) -> None:
+    client.force_login(create_user("newcomer", staff=True))
+    html = client.get("/console/").content.decode()
+    assert 'id="end-session"' not in html and 'data-can-follow="0"' in html and 'data-can-end="0"' in html
+    client.force_login(create_user("watcher", staff=True, perms=(FOLLOW,)))
+    html = client.get("/console/").content.decode()
+    assert 'id="end-session"' not in html and 'data-can-follow="1"' in html
+    client.force_login(create_user("operator", staff=True, perms=BOTH))
+    html = client.get("/console/").content.decode()
+    assert 'id="end-session"' in html and 'data-can-end="1"' in html
+
+
 async def test_a_console_that_opens_later_gets_the_live_sessions_by_roll_call() -> None:
-    staff = await make_user("operator", staff=True)
+    staff = await make_user("operator", staff=True, perms=BOTH)
     key = await issue_key("roll call key")
     async with keyed_session(key) as client:
         session_id = client.received[0]["session"]["id"]
@@ -201,7 +367,7 @@ async def test_a_console_that_opens_later_gets_the_live_sessions_by_roll_call() 
 
 
 async def test_a_session_is_listed_followed_and_ended_from_the_console() -> None:
-    staff = await make_user("operator", staff=True)
+    staff = await make_user("operator", staff=True, perms=BOTH)
     key = await issue_key("console test key")
     async with console(staff) as feed:
         async with keyed_session(key) as client:

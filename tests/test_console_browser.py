@@ -4,7 +4,8 @@ A staff member signs in through the admin's login page and opens /console/; a ca
 server with the official openai SDK, streaming speech and then silence in real time; the session
 appears, the staff member follows it and watches the assistant's transcript arrive, then ends it:
 the caller's SDK gets the error event and its connection ends quietly, and the row goes. A
-non-staff user never gets past the login page. Screenshots: /tmp/console.png (following the call)
+non-staff user never gets past the login page, and a staff member without the console's
+permissions sees the list with no End button. Screenshots: /tmp/console.png (following the call)
 and /tmp/console-ended.png (after the end).
 
 Chromium and chromedriver come from Debian (`make test` installs them when missing); Selenium is
@@ -32,7 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from voice.testing.live_server import LiveServer
 
 from .conftest import TIMEOUT
-from .console_support import PASSWORD, create_user
+from .console_support import CONSOLE_PERMISSIONS, PASSWORD, create_user
 from .helpers import read_pcm16
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,8 +50,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(tmp_path_factory.mktemp("console-browser"), SERVER_ENV)
     try:
         live.start(STARTUP_TIMEOUT)
-        create_user(live, "operator", staff=True, timeout=STARTUP_TIMEOUT)
+        create_user(live, "operator", staff=True, timeout=STARTUP_TIMEOUT, permissions=CONSOLE_PERMISSIONS)
         create_user(live, "visitor", staff=False, timeout=STARTUP_TIMEOUT)
+        create_user(live, "newcomer", staff=True, timeout=STARTUP_TIMEOUT)  # staff, no console permissions
         yield live
     except BaseException:
         print(f"--- daphne log ---\n{live.log()}")
@@ -217,3 +219,13 @@ def test_a_non_staff_user_never_reaches_the_console(server: LiveServer, browser:
     browser.get(f"{server.http_url}/console/")
     assert "/admin/login/" in browser.current_url
     assert not browser.find_elements(By.ID, "sessions")
+
+
+def test_staff_without_the_permissions_see_the_list_without_follow_or_end(
+    server: LiveServer, browser: WebDriver
+) -> None:
+    sign_in(browser, server, "newcomer")
+    wait_for(browser, "the console page after login", lambda d: d.current_url.endswith("/console/"))
+    wait_for(browser, "the console's live connection", lambda d: d.find_element(By.ID, "connection").text == "live")
+    assert not browser.find_elements(By.ID, "end-session")
+    assert "permission" in browser.find_element(By.CSS_SELECTOR, ".notice").text

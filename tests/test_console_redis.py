@@ -23,7 +23,7 @@ import websockets
 from voice.testing.live_server import LiveServer
 
 from .conftest import TIMEOUT
-from .console_support import admin_login, create_user, require_redis
+from .console_support import CONSOLE_PERMISSIONS, admin_login, create_user, require_redis
 
 # A database index of its own, so a developer's Redis data in db 0 is neither seen nor touched.
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -49,7 +49,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
     try:
         first.start(STARTUP_TIMEOUT)  # one after the other: both migrate the one database
         second.start(STARTUP_TIMEOUT)
-        create_user(first, "operator", staff=True, timeout=STARTUP_TIMEOUT)
+        create_user(first, "operator", staff=True, timeout=STARTUP_TIMEOUT, permissions=CONSOLE_PERMISSIONS)
         yield first, second
     except BaseException:
         for live in (first, second):

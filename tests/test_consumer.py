@@ -203,7 +203,9 @@ async def test_bad_frames_get_errors_and_the_session_goes_on(settings) -> None:
 async def test_an_unknown_model_type_is_refused_with_a_reason() -> None:
     from realtime_project.asgi import application
 
-    communicator = WebsocketCommunicator(application, "/v1/realtime?model_type=huge")
+    communicator = WebsocketCommunicator(
+        application, "/v1/realtime?model_type=huge", headers=[(b"host", b"testserver")]
+    )
     connected_ok, _ = await communicator.connect(timeout=TIMEOUT)
     assert connected_ok
     event = json.loads(await communicator.receive_from(timeout=TIMEOUT))
@@ -219,7 +221,7 @@ async def test_a_full_server_says_so_and_slots_come_back(model_manager) -> None:
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(engine.batch_size):
             await stack.enter_async_context(connected(Dialect.GA))
-        refused = WebsocketCommunicator(application, "/v1/realtime")
+        refused = WebsocketCommunicator(application, "/v1/realtime", headers=[(b"host", b"testserver")])
         assert (await refused.connect(timeout=TIMEOUT))[0]
         event = json.loads(await refused.receive_from(timeout=TIMEOUT))
         strict(event, Dialect.GA)
@@ -245,6 +247,6 @@ def test_the_landing_page_and_readiness_say_whether_a_model_is_loaded(client, mo
 async def test_an_unknown_websocket_path_is_refused_cleanly() -> None:
     from realtime_project.asgi import application
 
-    communicator = WebsocketCommunicator(application, "/v1")
+    communicator = WebsocketCommunicator(application, "/v1", headers=[(b"host", b"testserver")])
     connected_ok, _ = await communicator.connect(timeout=TIMEOUT)
     assert not connected_ok

@@ -2,7 +2,9 @@
 
 It joins the consoles' group, asks every live session (in every process) for its summary, and
 forwards what sessions publish to the browser. The browser can follow one session (its transcript
-and levels) and end one. Staff only: anyone else is refused before the handshake completes.
+and levels) and end one. Staff only, from the console's own origin: anything else is refused before
+the handshake completes. Following and ending each need their permission, checked for every action
+(voice/console/access.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from ..auth import header_values
 from . import groups
+from .access import END_PERMISSION, FOLLOW_PERMISSION, console_origin_allowed, staff_may
 
 log = logging.getLogger(__name__)
+
+# What each action needs, and what a staff member without it is told.
+_NEEDS = {
+    "follow": (FOLLOW_PERMISSION, "Following a session needs the “Can view conversation” permission."),
+    "end": (END_PERMISSION, "Ending a session needs the “Can end a live session from the console” permission."),
+}
 
 # Session messages to pass on to the browser, and the name the browser knows each by.
 _FORWARDED = {
@@ -29,10 +39,18 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     joined: bool = False
 
     async def connect(self) -> None:
-        """Staff only; then join the consoles and hold a roll call of the live sessions."""
+        """Staff only, from the console's own origin; then join the consoles and hold a roll call."""
+        if not console_origin_allowed(self.scope):
+            log.warning(
+                "console socket refused: origin %s for host %s",
+                header_values(self.scope, b"origin") or "(none)",
+                header_values(self.scope, b"host") or "(none)",
+            )
+            await self.close()  # before accept: the handshake is answered with HTTP 403
+            return
         user = self.scope.get("user")
         if user is None or not (user.is_active and user.is_staff):
-            await self.close()  # before accept: the handshake is answered with HTTP 403
+            await self.close()
             return
         await self.channel_layer.group_add(groups.CONSOLES, self.channel_name)
         self.joined = True
@@ -52,6 +70,22 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if action not in {"follow", "end"} or not groups.valid_session_id(session_id):
             await self.send_json({"type": "error", "message": "Expected {action: follow|unfollow|end, session_id}."})
             return
+        permission, refusal = _NEEDS[action]
+        user = self.scope["user"]
+        if not await staff_may(user.pk, permission):
+            if action == "follow":
+                await self._unfollow()  # whatever it followed before, it may not any more
+            log.info("console action %s by %s refused: no %s", action, user.get_username(), permission)
+            await self.send_json(
+                {
+                    "type": "error",
+                    "code": "permission_denied",
+                    "action": action,
+                    "session_id": session_id,
+                    "message": refusal,
+                }
+            )
+            return
         if action == "follow":
             await self._unfollow()
             self.following = session_id
@@ -60,7 +94,6 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
                 groups.session_group(session_id), {"type": groups.WATCH, "reply_to": self.channel_name}
             )
             return
-        user = self.scope["user"]
         log.info("staff member %s ends session %s from the console", user.get_username(), session_id)
         await self.channel_layer.group_send(
             groups.session_group(session_id),

@@ -7,6 +7,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from .access import END_PERMISSION, FOLLOW_PERMISSION
+
 
 @login_required(login_url="admin:login")
 def console(request: HttpRequest) -> HttpResponse:
@@ -17,4 +19,9 @@ def console(request: HttpRequest) -> HttpResponse:
     """
     if not (request.user.is_active and request.user.is_staff):
         raise PermissionDenied("The console is for staff members.")
-    return render(request, "console/index.html")
+    # The socket checks both again for every action; the page only leaves out what would be refused.
+    context = {
+        "can_follow": request.user.has_perm(FOLLOW_PERMISSION),
+        "can_end": request.user.has_perm(END_PERMISSION),
+    }
+    return render(request, "console/index.html", context)

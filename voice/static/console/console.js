@@ -13,6 +13,8 @@
   let retryMs = 500;
 
   const $ = (id) => document.getElementById(id);
+  // What the signed-in staff member may do (the server checks again for every action).
+  const may = (what) => document.body.dataset[what] === "1";
   const tbody = () => $("sessions").querySelector("tbody");
 
   function send(message) {
@@ -65,7 +67,7 @@
     state.dataset.state = s.state;
     cell(row, s.server, "mono");
     if (!entry.row) {
-      row.addEventListener("click", () => follow(s.session_id));
+      if (may("canFollow")) row.addEventListener("click", () => follow(s.session_id));
       tbody().appendChild(row);
       entry.row = row;
     }
@@ -90,7 +92,7 @@
       const ended = $("detail-ended");
       ended.textContent = `This session has ended (${reason || "gone"}).`;
       ended.hidden = false;
-      $("end-session").disabled = true;
+      if ($("end-session")) $("end-session").disabled = true;
       $("detail-state").textContent = "ended";
       $("detail-state").dataset.state = "ended";
       for (const turn of $("transcript").querySelectorAll('[data-status="in_progress"]')) turn.dataset.status = "ended";
@@ -140,7 +142,7 @@
     $("detail").hidden = false;
     $("detail-id").textContent = sessionId;
     $("detail-ended").hidden = true;
-    $("end-session").disabled = false;
+    if ($("end-session")) $("end-session").disabled = false;
     $("transcript").replaceChildren();
     for (const entry of sessions.values()) renderRow(entry);
     const entry = sessions.get(sessionId);
@@ -148,11 +150,26 @@
     send({ action: "follow", session_id: sessionId });
   }
 
-  function unfollow() {
+  function unfollowLocally() {
     following = null;
     $("detail").hidden = true;
     for (const entry of sessions.values()) renderRow(entry);
+  }
+
+  function unfollow() {
+    unfollowLocally();
     send({ action: "unfollow" });
+  }
+
+  let errorTimer = null;
+  function showError(text) {
+    // A refused action (a permission revoked meanwhile, say) is said on the page, not only in the log.
+    console.warn("console:", text);
+    const el = $("console-error");
+    el.textContent = text;
+    el.hidden = false;
+    clearTimeout(errorTimer);
+    errorTimer = setTimeout(() => { el.hidden = true; }, 10000);
   }
 
   const handlers = {
@@ -164,7 +181,12 @@
       renderTranscript(message.transcript);
     },
     session_gone: (message) => remove(message.session_id, message.reason),
-    error: (message) => console.warn("console:", message.message),
+    error: (message) => {
+      showError(message.message);
+      if (message.code !== "permission_denied") return;
+      if (message.action === "follow" && message.session_id === following) unfollowLocally();
+      if (message.action === "end" && $("end-session")) $("end-session").hidden = true;
+    },
   };
 
   function connect() {
@@ -202,11 +224,14 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    $("end-session").addEventListener("click", () => {
-      if (!following) return;
-      $("end-session").disabled = true;
-      send({ action: "end", session_id: following });
-    });
+    const end = $("end-session");
+    if (end) {
+      end.addEventListener("click", () => {
+        if (!following) return;
+        end.disabled = true;
+        send({ action: "end", session_id: following });
+      });
+    }
     $("close-detail").addEventListener("click", unfollow);
     setInterval(tick, 1000);
     connect();
