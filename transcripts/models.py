@@ -24,7 +24,11 @@ class Conversation(models.Model):
     requested_model = models.CharField(max_length=255, blank=True, help_text="The model the client asked for.")
     client_address = models.CharField(max_length=64, blank=True)
     api_key = models.ForeignKey(
-        "voice.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations",
+        "voice.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="conversations",
         help_text="The key that opened the session (none on an open endpoint).",
     )
     input_audio = models.FileField(upload_to="recordings/", blank=True, help_text="The client's audio (recording on).")
@@ -33,7 +37,11 @@ class Conversation(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=64, blank=True)
     ended_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The staff member who ended the session from the console (end reason ended_by_staff).",
     )
 
@@ -46,6 +54,9 @@ class Conversation(models.Model):
 
 class ConversationItem(models.Model):
     """A user or assistant turn (or any other item), with the text that was said or heard."""
+
+    # What a content part's text or transcript is stored as: the text itself is kept once, in `text`.
+    TEXT_IN_ITEM = "(in item text)"
 
     class Role(models.TextChoices):
         USER = "user", "user"
@@ -64,7 +75,11 @@ class ConversationItem(models.Model):
     audio_ms = models.PositiveIntegerField(default=0)
     truncated_at_ms = models.PositiveIntegerField(null=True, blank=True)
     deleted = models.BooleanField(default=False, help_text="Deleted from the live conversation by the client.")
-    content = models.JSONField(default=list, blank=True)
+    content = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=f"The content parts; each part's text or transcript is stored once, as the item's text ({TEXT_IN_ITEM!r} here).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -75,7 +90,7 @@ class ConversationItem(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.role or self.item_type}: {self.text[:60]}"
+        return f"{self.role or self.item_type}: {_text_head(self)[:60]}"
 
 
 class Transcription(models.Model):
@@ -95,7 +110,7 @@ class Transcription(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
-        return f"{self.status}: {self.text[:60]}"
+        return f"{self.status}: {_text_head(self)[:60]}"
 
 
 class SessionConfig(models.Model):
@@ -111,3 +126,9 @@ class SessionConfig(models.Model):
 
     def __str__(self) -> str:
         return f"config #{self.sequence} of {self.conversation_id}"
+
+
+def _text_head(obj: models.Model) -> str:
+    """The start of ``obj.text``: the admin's lists load only its head (``text_head``), not all of it."""
+    head = obj.__dict__.get("text_head")
+    return head if head is not None else obj.text
