@@ -38,6 +38,13 @@ FRAME_OVERHEAD_SECONDS = Histogram(
 DROPPED_OUTPUT_FRAMES = Counter(
     "realtime_dropped_output_frames_total", "Model output frames dropped because a client read too slowly."
 )
+STORE_FAILURES = Counter(
+    "realtime_store_failures_total",
+    "Conversation-store writes that failed or were given up, by operation (see voice/recorder.py): "
+    "conversation_start, records (a batch, then retried record by record), record (records lost), "
+    "dropped (records never queued: queue full or writer stopped), conversation_end, close_timeout.",
+    ["operation"],
+)
 
 
 def observe_step(model_type: str, seconds: float, frame_seconds: float = 0.08) -> None:
