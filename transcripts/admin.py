@@ -2,6 +2,12 @@
 
 The conversation page adds a timeline (items, transcriptions with their latency, session config
 changes) and, when recording was on, the input and output audio, served from storage to staff.
+
+Every page stays small whatever was stored: a client may send 15 MiB of text per event. List
+pages and inline rows show the first PREVIEW_CHARS characters of a text (cut in the database, so
+the rest is never loaded); the conversation page shows its first INLINE_ROWS items and configs
+and a timeline of at most TIMELINE_ENTRIES entries, each text cut at TIMELINE_TEXT_CHARS with a
+note and a link to the page that shows it whole.
 """
 
 from __future__ import annotations
@@ -10,33 +16,95 @@ from typing import Any
 
 from django.contrib import admin
 from django.core.files.storage import default_storage
+from django.db.models import QuerySet, TextField
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Length, Substr
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
 from .models import Conversation, ConversationItem, SessionConfig, Transcription
 
+PREVIEW_CHARS = 200  # of a text in a list or an inline row
+TIMELINE_TEXT_CHARS = 2000  # of a text in the conversation's timeline
+TIMELINE_ENTRIES = 200  # timeline entries on the conversation page
+INLINE_ROWS = 100  # item and config rows on the conversation page
 
-class ConversationItemInline(admin.TabularInline):
+
+def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when something was cut."""
+    text = text or ""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def with_heads(queryset: QuerySet[Any], *names: str, chars: int = PREVIEW_CHARS) -> QuerySet[Any]:
+    """``queryset`` without the text fields ``names``, annotated with their heads (``<name>_head``)
+    one character longer than ``chars`` (so that a cut shows) and their lengths (``<name>_chars``)."""
+    annotations: dict[str, Any] = {}
+    for name in names:
+        annotations[f"{name}_head"] = Substr(name, 1, chars + 1)
+        annotations[f"{name}_chars"] = Length(name)
+    return queryset.defer(*names).annotate(**annotations)
+
+
+def _head(obj: Any, name: str, limit: int = PREVIEW_CHARS) -> str:
+    """The preview of ``obj``'s text field ``name``, from its annotated head when there is one."""
+    head = getattr(obj, f"{name}_head", None)
+    return preview(getattr(obj, name) if head is None else head, limit)
+
+
+class TextPreviews:
+    """List and inline columns that show the head of a long text."""
+
+    @admin.display(description="text")
+    def text_preview(self, obj: Any) -> str:
+        return _head(obj, "text")
+
+    @admin.display(description="error")
+    def error_preview(self, obj: Any) -> str:
+        return _head(obj, "error")
+
+
+class ConversationItemInline(TextPreviews, admin.TabularInline):
     model = ConversationItem
-    fields = ("position", "role", "item_type", "status", "text", "audio_ms", "truncated_at_ms", "deleted")
+    fields = ("position", "role", "item_type", "status", "text_preview", "audio_ms", "truncated_at_ms", "deleted")
     readonly_fields = fields
     extra = 0
     can_delete = False
     show_change_link = True
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ConversationItem]:
+        return with_heads(super().get_queryset(request).defer("content"), "text")
+
 
 class SessionConfigInline(admin.TabularInline):
     model = SessionConfig
-    fields = ("sequence", "created_at", "config")
+    fields = ("sequence", "created_at", "config_preview")
     readonly_fields = fields
     extra = 0
     can_delete = False
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SessionConfig]:
+        queryset = super().get_queryset(request).defer("config")
+        return queryset.annotate(config_head=Substr(Cast("config", TextField()), 1, PREVIEW_CHARS + 1))
+
+    @admin.display(description="config")
+    def config_preview(self, obj: SessionConfig) -> str:
+        return preview(getattr(obj, "config_head", None) or "")
+
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("session_id", "started_at", "ended_at", "dialect", "model_type", "model_name", "api_key", "client_address")
+    list_display = (
+        "session_id",
+        "started_at",
+        "ended_at",
+        "dialect",
+        "model_type",
+        "model_name",
+        "api_key",
+        "client_address",
+    )
     list_filter = ("dialect", "model_type", "model_name", "api_key", "started_at", "end_reason")
     search_fields = ("session_id", "conversation_id", "items__text", "items__transcriptions__text")
     date_hierarchy = "started_at"
@@ -62,7 +130,18 @@ class ConversationAdmin(admin.ModelAdmin):
             raise Http404
         return FileResponse(default_storage.open(field.name), content_type="audio/wav")
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+    def get_formset_kwargs(self, request: HttpRequest, obj: Any, inline: Any, prefix: str) -> dict[str, Any]:
+        """The inlines show the first INLINE_ROWS rows; the timeline says how many there are."""
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if obj is not None and obj.pk is not None:
+            queryset = kwargs["queryset"]
+            first = list(queryset.filter(conversation=obj).values_list("pk", flat=True)[:INLINE_ROWS])
+            kwargs["queryset"] = queryset.filter(pk__in=first)
+        return kwargs
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
         conversation = self.get_object(request, object_id)
         extra_context = {**(extra_context or {}), "timeline": timeline(conversation) if conversation else []}
         if conversation is not None:
@@ -71,59 +150,159 @@ class ConversationAdmin(admin.ModelAdmin):
                 for track, field in (("input", conversation.input_audio), ("output", conversation.output_audio))
                 if field
             }
+            extra_context["counts"] = counts(conversation)
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+def counts(conversation: Conversation) -> dict[str, Any]:
+    """How much the conversation holds, and where to see all of it (its page shows the first rows)."""
+    items = conversation.items.count()
+    configs = conversation.configs.count()
+    transcriptions = Transcription.objects.filter(item__conversation=conversation).count()
+    query = f"?conversation__id__exact={conversation.pk}"
+    return {
+        "items": items,
+        "configs": configs,
+        "transcriptions": transcriptions,
+        "cut": items > INLINE_ROWS or configs > INLINE_ROWS or items + configs + transcriptions > TIMELINE_ENTRIES,
+        "shown": INLINE_ROWS,
+        "timeline_shown": TIMELINE_ENTRIES,
+        "items_url": reverse("admin:transcripts_conversationitem_changelist") + query,
+        "configs_url": reverse("admin:transcripts_sessionconfig_changelist") + query,
+        "transcriptions_url": reverse("admin:transcripts_transcription_changelist")
+        + f"?item__conversation__id__exact={conversation.pk}",
+    }
+
+
 def timeline(conversation: Conversation) -> list[dict[str, Any]]:
-    """What happened in the conversation, in time order, for its admin page."""
+    """What happened in the conversation, in time order, for its admin page.
+
+    At most TIMELINE_ENTRIES entries (the first of each kind); each text cut at
+    TIMELINE_TEXT_CHARS, with ``more`` (characters left out) and ``url`` (the page with all of it).
+    """
     entries: list[dict[str, Any]] = []
-    for item in conversation.items.all():
+    items = with_heads(conversation.items.order_by("position").defer("content"), "text", chars=TIMELINE_TEXT_CHARS)
+    for item in items[:TIMELINE_ENTRIES]:
         what = f"{item.role or item.item_type} item ({item.status})" + (" — deleted" if item.deleted else "")
         if item.truncated_at_ms is not None:
             what += f" — heard until {item.truncated_at_ms} ms"
-        entries.append({"at": item.created_at, "kind": "item", "what": what, "text": item.text,
-                        "detail": f"{item.audio_ms} ms of audio" if item.audio_ms else ""})
-    for transcription in Transcription.objects.filter(item__conversation=conversation):
-        entries.append({"at": transcription.created_at, "kind": "transcription",
-                        "what": f"transcription {transcription.status} ({transcription.model or 'ASR'})",
-                        "text": transcription.text or transcription.error,
-                        "detail": f"{transcription.latency_ms} ms" if transcription.latency_ms is not None else ""})
-    for config in conversation.configs.all():
-        audio_in = config.config.get("audio", {}).get("input", {})
-        turn = audio_in.get("turn_detection")
-        entries.append({"at": config.created_at, "kind": "config", "what": f"session config #{config.sequence}",
-                        "text": config.config.get("instructions", ""),
-                        "detail": f"turn detection: {turn.get('type') if turn else 'off'}"})
+        url = reverse("admin:transcripts_conversationitem_change", args=[item.pk])
+        entries.append(
+            {
+                "at": item.created_at,
+                "kind": "item",
+                "what": what,
+                **_text(item.text_head, item.text_chars, url),
+                "detail": f"{item.audio_ms} ms of audio" if item.audio_ms else "",
+            }
+        )
+    transcriptions = with_heads(
+        Transcription.objects.filter(item__conversation=conversation).order_by("created_at", "pk"),
+        "text",
+        "error",
+        chars=TIMELINE_TEXT_CHARS,
+    )
+    for transcription in transcriptions[:TIMELINE_ENTRIES]:
+        url = reverse("admin:transcripts_transcription_change", args=[transcription.pk])
+        shown = (
+            (transcription.text_head, transcription.text_chars)
+            if transcription.text_chars
+            else (transcription.error_head, transcription.error_chars)
+        )
+        entries.append(
+            {
+                "at": transcription.created_at,
+                "kind": "transcription",
+                "what": f"transcription {transcription.status} ({transcription.model or 'ASR'})",
+                **_text(*shown, url),
+                "detail": f"{transcription.latency_ms} ms" if transcription.latency_ms is not None else "",
+            }
+        )
+    configs = (
+        conversation.configs.order_by("sequence")
+        .defer("config")
+        .annotate(
+            instructions_head=Substr(KT("config__instructions"), 1, TIMELINE_TEXT_CHARS + 1),
+            instructions_chars=Length(KT("config__instructions")),
+            turn_detection=KT("config__audio__input__turn_detection__type"),
+        )
+    )
+    for config in configs[:TIMELINE_ENTRIES]:
+        url = reverse("admin:transcripts_sessionconfig_change", args=[config.pk])
+        entries.append(
+            {
+                "at": config.created_at,
+                "kind": "config",
+                "what": f"session config #{config.sequence}",
+                **_text(config.instructions_head, config.instructions_chars, url),
+                "detail": f"turn detection: {config.turn_detection or 'off'}",
+            }
+        )
+    entries.sort(key=lambda entry: entry["at"])
+    entries = entries[:TIMELINE_ENTRIES]
     if conversation.ended_at:
-        entries.append({"at": conversation.ended_at, "kind": "end", "what": "ended", "text": conversation.end_reason,
-                        "detail": ""})
-    return sorted(entries, key=lambda entry: entry["at"])
+        entries.append(
+            {"at": conversation.ended_at, "kind": "end", "what": "ended", "text": conversation.end_reason, "detail": ""}
+        )
+    return entries
 
 
-class TranscriptionInline(admin.TabularInline):
+def _text(head: str | None, chars: int | None, url: str) -> dict[str, Any]:
+    """A timeline entry's text: its head, and how many characters are left out (0 when none)."""
+    head = head or ""
+    more = max(0, (chars or 0) - TIMELINE_TEXT_CHARS)
+    return {"text": head[:TIMELINE_TEXT_CHARS], "more": more, "url": url}
+
+
+class TranscriptionInline(TextPreviews, admin.TabularInline):
     model = Transcription
-    fields = ("status", "text", "model", "language", "latency_ms", "error", "created_at")
+    fields = ("status", "text_preview", "model", "language", "latency_ms", "error_preview", "created_at")
     readonly_fields = fields
     extra = 0
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Transcription]:
+        return with_heads(super().get_queryset(request), "text", "error")
+
 
 @admin.register(ConversationItem)
-class ConversationItemAdmin(admin.ModelAdmin):
-    list_display = ("item_id", "conversation", "position", "role", "status", "text", "deleted")
+class ConversationItemAdmin(TextPreviews, admin.ModelAdmin):
+    list_display = ("item_id", "conversation", "position", "role", "status", "text_preview", "deleted")
     list_filter = ("role", "item_type", "status", "deleted")
     search_fields = ("text", "item_id", "conversation__session_id", "transcriptions__text")
     list_select_related = ("conversation",)
     inlines = [TranscriptionInline]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ConversationItem]:
+        # Heads for the list; the change page of one item loads its whole text when it shows it.
+        return with_heads(super().get_queryset(request).defer("content"), "text")
+
 
 @admin.register(Transcription)
-class TranscriptionAdmin(admin.ModelAdmin):
-    list_display = ("item", "status", "model", "language", "latency_ms", "created_at")
+class TranscriptionAdmin(TextPreviews, admin.ModelAdmin):
+    list_display = ("item_link", "status", "model", "language", "latency_ms", "text_preview", "created_at")
     list_filter = ("status", "model", "language")
     search_fields = ("text", "error", "item__item_id")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Transcription]:
+        queryset = super().get_queryset(request).select_related("item").defer("item__text", "item__content")
+        return with_heads(queryset, "text", "error")
+
+    @admin.display(description="item", ordering="item__item_id")
+    def item_link(self, obj: Transcription) -> str:
+        return obj.item.item_id
 
 
 @admin.register(SessionConfig)
 class SessionConfigAdmin(admin.ModelAdmin):
-    list_display = ("conversation", "sequence", "created_at")
+    list_display = ("conversation", "sequence", "created_at", "instructions_preview")
     search_fields = ("conversation__session_id",)
+    list_select_related = ("conversation",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SessionConfig]:
+        # The list shows the head of the instructions; the change page of one config loads it whole.
+        queryset = super().get_queryset(request).defer("config")
+        return queryset.annotate(instructions_head=Substr(KT("config__instructions"), 1, PREVIEW_CHARS + 1))
+
+    @admin.display(description="instructions")
+    def instructions_preview(self, obj: SessionConfig) -> str:
+        return preview(obj.instructions_head)
