@@ -28,6 +28,7 @@ class VoiceConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registers the system checks
+        from .runtime import live  # noqa: F401 - connects key revocation to live sessions
         from .conf import get_config
 
         mode = str(get_config()["LOAD_MODEL"]).lower()

@@ -45,6 +45,12 @@ STORE_FAILURES = Counter(
     "dropped (records never queued: queue full or writer stopped), conversation_end, close_timeout.",
     ["operation"],
 )
+SESSION_FAILURES = Counter(
+    "realtime_session_failures_total",
+    "Exceptions caught by a session's error boundary (answered with a server_error event), by where.",
+    ["where"],
+)
+SESSIONS_ENDED = Counter("realtime_sessions_ended_total", "Sessions ended, by reason.", ["reason"])
 
 
 def observe_step(model_type: str, seconds: float, frame_seconds: float = 0.08) -> None:
