@@ -20,7 +20,11 @@ def make_engine(checkpoint: Path, batch_size: int = 4, inbox_frames: int = 64) -
     """An engine with greedy decoding, so that the same input gives the same output."""
     model = load_model(str(checkpoint), torch.device("cpu"))
     engine = BatchedEngine(
-        model, batch_size=batch_size, tick_s=0.0, inbox_frames=inbox_frames, compile=False,
+        model,
+        batch_size=batch_size,
+        tick_s=0.0,
+        inbox_frames=inbox_frames,
+        compile=False,
         lm_gen_overrides={"use_sampling": False},
     )
     engine.start()
@@ -178,8 +182,10 @@ async def test_the_serial_baseline_steps_one_session_at_a_time(demo_checkpoint: 
         loop = asyncio.get_running_loop()
         first, second = pool.acquire(loop), pool.acquire(loop)
         assert first is not None and second is not None and pool.acquire(loop) is None
-        assert first.engine.step_lock is second.engine.step_lock, "one lock for every session"
-        assert first.engine.model.lm is not second.engine.model.lm, "each session has its own state"
+        first_engine, second_engine = pool.engines
+        assert first_engine.slots[0] is first and second_engine.slots[0] is second, "one engine per session"
+        assert first_engine.step_lock is second_engine.step_lock, "one lock for every session"
+        assert first_engine.model.lm is not second_engine.model.lm, "each session has its own state"
         for x, y in zip(speech_like(6, 6), speech_like(7, 6), strict=True):
             first.push(x)
             second.push(y)
@@ -213,3 +219,20 @@ async def test_dropped_output_keeps_its_speech_scores_for_turn_detection(engine:
     first = await slot.outbox.get()
     assert isinstance(first, FrameOutput) and first.speech == [0.0, 0.01], "the dropped frame's window comes first"
     slot.release()
+
+
+def test_the_engine_package_imports_neither_django_nor_channels() -> None:
+    """The engine is model code only: no web framework, and no import of the metrics that watch it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, voice.engine.manager, voice.engine.batched, voice.engine.serial\n"
+        "outside = sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'channels', 'prometheus_client')"
+        " or (m.startswith('voice.') and not m.startswith('voice.engine')))\n"
+        "assert not outside, outside\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

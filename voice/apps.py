@@ -27,8 +27,11 @@ class VoiceConfig(AppConfig):
     verbose_name = "Realtime voice"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
+        from . import checks, metrics  # noqa: F401 - checks registers the system checks
+        from .engine.manager import get_manager
         from .runtime import live  # noqa: F401 - connects key revocation to live sessions
+
+        metrics.watch_manager(get_manager)
         from .conf import get_config
 
         mode = str(get_config()["LOAD_MODEL"]).lower()
@@ -38,6 +41,7 @@ class VoiceConfig(AppConfig):
 
 def load_models() -> None:
     """Create the process's ModelManager from settings; a model that fails to load stops start-up."""
+    from . import metrics
     from .conf import demo_dir, get_config
     from .engine.manager import ManagerConfig, ModelLoadError, install_manager
 
@@ -52,6 +56,7 @@ def load_models() -> None:
         compile=str(config["TORCH_COMPILE"]),
         seed=int(config["SEED"]),
         engine=str(config["ENGINE"]),
+        on_step=metrics.observe_step,
     )
     try:
         install_manager(manager_config)

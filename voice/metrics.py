@@ -7,7 +7,8 @@ nothing in between.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -23,7 +24,9 @@ MODEL_STEP_SECONDS = Histogram(
     "realtime_model_step_seconds", "One batched Mimi encode + LM step + decode.", ["model_type"], buckets=_FRAME_BUCKETS
 )
 REAL_TIME_FACTOR = Gauge(
-    "realtime_real_time_factor", "Last model step time over the 80 ms frame it produced (<1 is real time).", ["model_type"]
+    "realtime_real_time_factor",
+    "Last model step time over the 80 ms frame it produced (<1 is real time).",
+    ["model_type"],
 )
 FRAME_LATENCY_SECONDS = Histogram(
     "realtime_frame_latency_seconds",
@@ -54,21 +57,26 @@ SESSIONS_ENDED = Counter("realtime_sessions_ended_total", "Sessions ended, by re
 
 
 def observe_step(model_type: str, seconds: float, frame_seconds: float = 0.08) -> None:
-    """Called by the inference thread after each batched step."""
+    """Called by the inference thread after each batched step (the manager's on_step)."""
     MODEL_STEP_SECONDS.labels(model_type).observe(seconds)
     REAL_TIME_FACTOR.labels(model_type).set(seconds / frame_seconds)
 
 
 class SlotCollector(Collector):
-    """Slots in use and queue depths, read from the manager at scrape time."""
+    """Slots in use and queue depths, read from the manager at scrape time.
+
+    The manager is reached through a callable set by the voice app (`watch_manager`), so that
+    this module and the engine do not import each other.
+    """
+
+    def __init__(self) -> None:
+        self.manager: Callable[[], Any] = lambda: None
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # names are only known at scrape time; this keeps register() from collecting early
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from .engine.manager import get_manager  # late: the manager module reports steps here
-
-        manager = get_manager()
+        manager = self.manager()
         slots = GaugeMetricFamily("realtime_slots", "Session slots per model type.", labels=["model_type", "state"])
         inbox = GaugeMetricFamily(
             "realtime_input_queue_frames", "Client audio frames waiting for the model.", labels=["model_type"]
@@ -88,4 +96,10 @@ class SlotCollector(Collector):
         yield from (slots, inbox, outbox, ready)
 
 
-REGISTRY.register(SlotCollector())
+_slots = SlotCollector()
+REGISTRY.register(_slots)
+
+
+def watch_manager(manager: Callable[[], Any]) -> None:
+    """Where /metrics reads the slots from: the process's ModelManager getter."""
+    _slots.manager = manager

@@ -135,18 +135,23 @@ class BatchedEngine:
         with self.lock:
             for index, taken in enumerate(self.slots):
                 if taken is None:
-                    slot = Slot(self, index, loop, self.inbox_frames)
+                    slot = Slot(index, loop, self.inbox_frames, wake=self._wake, release=self.release)
                     self.slots[index] = slot
                     self._pending_reset[index] = True
                     return slot
         return None
 
     def release(self, slot: Slot) -> None:
+        slot.stop_running()
         with self.lock:
             slot.released = True
-            slot.keep_running = False
             if self.slots[slot.index] is slot:
                 self.slots[slot.index] = None
+
+    def _wake(self) -> None:
+        """A slot has a frame (or a response) for the inference thread."""
+        with self.lock:
+            self.wake.notify()
 
     @property
     def slots_in_use(self) -> int:
@@ -225,21 +230,24 @@ class BatchedEngine:
                 now = time.perf_counter()
                 on_tick = now >= next_tick
                 live = [s for s in self.slots if s is not None]
-                behind = any(len(s._inbox) > 1 for s in live)
-                ready = [s for s in live if s._inbox or (s.keep_running and on_tick)]
+                behind = any(s.queued_frames > 1 for s in live)
+                ready = [s for s in live if s.wants_step(on_tick)]
                 if ready and (on_tick or behind):
                     break
-                waiting = [s for s in live if s._inbox or s.keep_running]
+                waiting = any(s.waiting() for s in live)
                 self.wake.wait(timeout=max(next_tick - now, 0.0) if waiting else 1.0)
             batch = _Batch(
                 on_tick=on_tick,
                 inputs=torch.zeros(self.batch_size, 1, FRAME_SAMPLES),
                 exec_mask=torch.zeros(self.batch_size, dtype=torch.bool),
                 fresh_mask=torch.zeros(self.batch_size, dtype=torch.bool),
-                owners={}, frames={}, client_audio={}, enqueued={},
+                owners={},
+                frames={},
+                client_audio={},
+                enqueued={},
             )
             for slot in ready:
-                taken = slot._take(feed_silence=on_tick)
+                taken = slot.take(feed_silence=on_tick)
                 if taken is None:
                     continue
                 index = slot.index

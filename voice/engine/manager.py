@@ -11,10 +11,10 @@ import atexit
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import metrics
 from .batched import BatchedEngine
 from .checkpoint import ModelLoadError, load_model, resolve_device
 from .demo_checkpoint import write_demo_checkpoint
@@ -39,6 +39,8 @@ class ManagerConfig:
     compile: str = "auto"
     seed: int = 0
     engine: str = "batched"  # "serial": the seed's one-session-at-a-time design, for benchmarks
+    # Told (model type, seconds) after each model step, on the inference thread: the metrics.
+    on_step: Callable[[str, float], None] | None = None
 
 
 class ModelManager:
@@ -75,7 +77,7 @@ class ModelManager:
                 "inbox_frames": self.config.inbox_frames,
                 "compile": compile_models,
                 "seed": self.config.seed,
-                "on_step": functools.partial(metrics.observe_step, model_type, frame_seconds=0.08),
+                "on_step": functools.partial(self.config.on_step, model_type) if self.config.on_step else None,
             }
             engine: BatchedEngine | SerialPool
             if self.config.engine == "serial":
@@ -84,7 +86,9 @@ class ModelManager:
                 engine = BatchedEngine(model, batch_size=self.config.max_sessions, **options)
             engine.start()
             self.engines[model_type] = engine
-            log.info("model type %s ready: %s on %s, %d slots", model_type, model.name, self.device, self.config.max_sessions)
+            log.info(
+                "model type %s ready: %s on %s, %d slots", model_type, model.name, self.device, self.config.max_sessions
+            )
         self.ready = True
 
     def model_name(self, model_type: str) -> str:

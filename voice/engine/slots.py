@@ -2,21 +2,21 @@
 
 The event loop only ever touches these: it appends client frames to a slot's bounded inbox and
 reads FrameOutputs from its bounded outbox; the inference thread (voice/engine/batched.py) takes
-frames under the engine's lock and hands outputs back with call_soon_threadsafe.
+frames through the slot's methods and hands outputs back with call_soon_threadsafe. A slot knows
+its engine only through two callables, `wake` (a frame is ready) and `release`: it never holds
+the engine's lock, and the engine never reads the slot's inbox directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .batched import BatchedEngine
 
 FRAME_SAMPLES = 1920
 OUTBOX_FRAMES = 64
@@ -47,27 +47,43 @@ class EngineFailure:
 
 
 class Slot:
-    """A session's place in the batch. The event loop writes frames in and reads outputs here."""
+    """A session's place in the batch. The event loop writes frames in and reads outputs here.
 
-    def __init__(self, engine: BatchedEngine, index: int, loop: asyncio.AbstractEventLoop, inbox_frames: int) -> None:
-        self.engine = engine
+    Its own lock guards the inbox and ``keep_running``; it is only ever held briefly and never
+    while calling ``wake``, so the engine may take it while holding its own lock.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        loop: asyncio.AbstractEventLoop,
+        inbox_frames: int,
+        *,
+        wake: Callable[[], None],
+        release: Callable[[Slot], None],
+    ) -> None:
         self.index = index
         self.loop = loop
         self.inbox_frames = inbox_frames
+        self._wake = wake
+        self._release = release
+        self._lock = threading.Lock()
         self._inbox: collections.deque[tuple[np.ndarray, float]] = collections.deque()
         self.outbox = Outbox(OUTBOX_FRAMES)
-        self.keep_running = False  # set while a response is open: step on silence when no audio came
-        self.fresh = True  # the next frame is the slot's first after a restart
+        self._keep_running = False  # set while a response is open: step on silence when no audio came
+        self.fresh = True  # the next frame is the slot's first after a restart (inference thread only)
         self.released = False
         self.dropped_outputs = 0
 
+    # --- the event loop's side ----------------------------------------------------------------
+
     def push(self, frame: np.ndarray) -> bool:
         """Queue one input frame; False when the inbox is full (the client sends faster than real time)."""
-        with self.engine.lock:
+        with self._lock:
             if len(self._inbox) >= self.inbox_frames:
                 return False
             self._inbox.append((frame, time.perf_counter()))
-            self.engine.wake.notify()
+        self._wake()
         return True
 
     @property
@@ -75,22 +91,40 @@ class Slot:
         return len(self._inbox)
 
     def set_keep_running(self, value: bool) -> None:
-        with self.engine.lock:
-            self.keep_running = value
-            if value:
-                self.engine.wake.notify()
+        with self._lock:
+            changed = value and not self._keep_running
+            self._keep_running = value
+        if changed:
+            self._wake()
 
     def release(self) -> None:
-        self.engine.release(self)
+        self._release(self)
 
-    # Called on the inference thread with engine.lock held.
-    def _take(self, feed_silence: bool) -> tuple[np.ndarray, float, bool] | None:
+    # --- the inference thread's side ----------------------------------------------------------
+
+    def wants_step(self, on_tick: bool) -> bool:
+        """Has a frame queued, or must keep talking and the tick has come."""
+        with self._lock:
+            return bool(self._inbox) or (self._keep_running and on_tick)
+
+    def waiting(self) -> bool:
+        """Has a frame queued or a response open: the engine must wake for it by the next tick."""
+        with self._lock:
+            return bool(self._inbox) or self._keep_running
+
+    def stop_running(self) -> None:
+        """The slot was released: no more silence is fed to it."""
+        with self._lock:
+            self._keep_running = False
+
+    def take(self, feed_silence: bool) -> tuple[np.ndarray, float, bool] | None:
         """The next frame, when it was queued, and whether it is the client's audio."""
-        if self._inbox:
-            frame, queued_at = self._inbox.popleft()
-            return frame, queued_at, True
-        if self.keep_running and feed_silence:
-            return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter(), False
+        with self._lock:
+            if self._inbox:
+                frame, queued_at = self._inbox.popleft()
+                return frame, queued_at, True
+            if self._keep_running and feed_silence:
+                return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter(), False
         return None
 
     def deliver_threadsafe(self, item: FrameOutput | EngineFailure) -> None:
@@ -98,7 +132,7 @@ class Slot:
         try:
             self.loop.call_soon_threadsafe(self._deliver, item)
         except RuntimeError:  # the session's loop has closed; it can no longer take output
-            self.engine.release(self)
+            self._release(self)
 
     # Called on the event loop (via call_soon_threadsafe).
     def _deliver(self, item: FrameOutput | EngineFailure) -> None:
@@ -128,9 +162,7 @@ class Outbox:
             oldest = self._items.popleft()
             dropped = True
             if isinstance(oldest, FrameOutput) and oldest.speech:
-                heir = next(
-                    (i for i in (*self._items, item) if isinstance(i, FrameOutput) and i.client_audio), None
-                )
+                heir = next((i for i in (*self._items, item) if isinstance(i, FrameOutput) and i.client_audio), None)
                 if heir is not None:
                     heir.speech = oldest.speech + heir.speech
         self._items.append(item)
