@@ -47,6 +47,7 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        permissions = [("end_session", "Can end a live session from the console")]
 
     def __str__(self) -> str:
         return f"{self.session_id} ({self.started_at:%Y-%m-%d %H:%M})"
