@@ -240,7 +240,7 @@ GA_INVALID = [
     ),
     pytest.param({"tool_choice": "sometimes"}, "invalid_value", "session.tool_choice", id="bad-tool-choice"),
     pytest.param(
-        {"tools": [{"type": "function", "name": 5}]}, "invalid_value", "session.tools[0].name", id="bad-tool-name"
+        {"tools": [{"type": "function", "name": 5}]}, "invalid_type", "session.tools[0].name", id="bad-tool-name"
     ),
     pytest.param({"output_modalities": ["video"]}, "invalid_value", "session.output_modalities[0]", id="bad-modality"),
     pytest.param(

@@ -84,8 +84,8 @@ def test_item_create_with_a_duplicate_id_is_an_error(dialect: Dialect) -> None:
         ({"type": "banana"}, "invalid_value", "item.type"),
         (
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": 5}]},
-            "invalid_value",
-            "item.content.0.text",
+            "invalid_type",
+            "item.content[0].text",
         ),
     ],
     ids=["no-content", "no-call-id", "bad-role", "bad-type", "bad-text"],

@@ -6,6 +6,7 @@ audio frames for the model and persistence records, so it can be tested without 
 
 from .dialect import Dialect
 from .effects import Effects
+from .limits import SessionLimits
 from .session import RealtimeSession, SessionOptions
 
-__all__ = ["Dialect", "Effects", "RealtimeSession", "SessionOptions"]
+__all__ = ["Dialect", "Effects", "RealtimeSession", "SessionLimits", "SessionOptions"]

@@ -18,6 +18,9 @@ class Effects:
     frames: list[np.ndarray] = field(default_factory=list)
     records: list[records.Record] = field(default_factory=list)
     transcriptions: list[TranscriptionRequest] = field(default_factory=list)
+    # The `event_id` of the client event these effects answer (set by RealtimeSession.receive), so
+    # that an error the caller raises afterwards (input queue overflow) can name the event too.
+    client_event_id: str | None = None
 
     def extend(self, other: Effects) -> None:
         self.events.extend(other.events)

@@ -1,8 +1,10 @@
 """RealtimeSession: the protocol state machine of one connection.
 
 It takes client events (raw JSON text) and model output frames and returns Effects: server events
-to send, audio frames for the model, and records to store. It never raises for bad input: every
-ProtocolError becomes an `error` event naming the offending client event, and the session goes on.
+to send, audio frames for the model, and records to store. `receive` never raises, whatever it is
+given: every ProtocolError (input checked by type before use, see validation.py; a budget of
+limits.py exceeded) becomes an `error` event naming the offending client event, anything else a
+generic `server_error` (and a logged traceback), and the session goes on.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import contextlib
 import copy
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pydantic
 
-from . import client_events, records, session_config
+from . import client_events, limits, records, session_config, validation
 from .audio import FRAME_MS, SAMPLE_RATE, FrameAssembler, decode_pcm16, encode_pcm16, rms
 from .conversation import Conversation
 from .dialect import Dialect
@@ -26,6 +30,7 @@ from .errors import ProtocolError
 from .events import EventFactory
 from .ids import new_id
 from .input_buffer import InputAudioBuffer
+from .limits import SessionLimits, TokenBucket
 from .records import TranscriptionOutcome
 from .responses import Response, ResponsePolicy
 from .turn_detection import TurnDetector
@@ -33,13 +38,18 @@ from .turn_detection import TurnDetector
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
-
+# Ids a client gives its items are stored in a column of this size (transcripts.models).
+MAX_ITEM_ID_LENGTH = 64
 
 # Settings that are accepted and reflected but that Moshi cannot act on; logged once per process.
 _IGNORED_SETTINGS: set[str] = set()
 
+# What a client is told when the server itself fails on its event: nothing of the internals.
+_SERVER_ERROR = ProtocolError(
+    "server_error", "The server had an error while processing your request.", type="server_error"
+)
 
-
+Handler = Callable[[dict[str, Any], "pydantic.BaseModel | None"], Effects]
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class SessionOptions:
     model_name: str
     instructions: str = "You are Moshi, a friendly voice assistant."
     policy: ResponsePolicy = field(default_factory=ResponsePolicy)
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    now: Callable[[], float] = time.monotonic  # the rate limit's clock
 
 
 class RealtimeSession:
@@ -55,13 +67,17 @@ class RealtimeSession:
         self.options = options
         self.dialect = options.dialect
         self.policy = options.policy
+        self.limits = options.limits
         self.events = EventFactory(options.dialect)
         self.session_id = new_id("sess")
         self.conversation_id = new_id("conv")
         self.config = session_config.default_session(
             session_id=self.session_id, model=options.model_name, instructions=options.instructions
         )
-        self.conversation = Conversation()
+        self.conversation = Conversation(options.limits)
+        rate = options.limits.max_events_per_second
+        self._bucket = TokenBucket(rate, 2 * rate, options.now)
+        self._configs_stored = 0
         self.response: Response | None = None
         self._frames = FrameAssembler()
         self.turns = TurnDetector()
@@ -72,7 +88,7 @@ class RealtimeSession:
         self._positions = 0
         # Text of responses whose audio the client truncated, so their stored text is what was heard.
         self._heard: dict[str, str] = {}
-        self._handlers: dict[str, Callable[[dict[str, Any]], Effects]] = {
+        self._handlers: dict[str, Handler] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
             "input_audio_buffer.commit": self._commit,
@@ -83,7 +99,7 @@ class RealtimeSession:
             "conversation.item.delete": self._item_delete,
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
-            "output_audio_buffer.clear": lambda event: Effects(),
+            "output_audio_buffer.clear": lambda event, model: Effects(),
         }
 
     # --- entry points -------------------------------------------------------------------------
@@ -93,27 +109,47 @@ class RealtimeSession:
         effects = Effects(events=[self.events.session_created(self.config)])
         if self.dialect is Dialect.BETA:
             effects.events.append(self.events.conversation_created(self.conversation_id))
-        effects.records.append(records.ConfigAccepted(session=self.config))
+        effects.records.extend(self._store_config())
         return effects
 
     def receive(self, text: str | bytes) -> Effects:
-        """Handle one client frame; bad input gives an `error` event and changes nothing else."""
+        """Handle one client frame; bad input gives an `error` event and changes nothing else.
+
+        Never raises. The Effects carry the client's `event_id` (``client_event_id``), for errors
+        the caller adds later (input queue overflow).
+        """
         event_id: str | None = None
+        allowed = self._bucket.take()  # every frame counts, even one that is not JSON
         try:
-            event = client_events.parse(text)
-            # Read before the `type` checks, so that even an event without a usable type is named.
-            event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            try:
+                event = client_events.parse(text)
+            except ProtocolError:
+                if allowed:
+                    raise
+                event = {}
+            # Read before any other check, so that even an event that fails them is named.
+            event_id = client_events.event_id(event)
+            if not allowed:
+                raise limits.rate_limited(self.limits)
+            validation.check_json(event)
             client_events.check_type(event)
             handler = self._handlers.get(event["type"])
             if handler is None:
                 raise ProtocolError(
                     "invalid_value",
-                    f"Invalid value: '{event['type']}'. Supported values are: {', '.join(sorted(self._handlers))}.",
+                    f"Invalid value: '{validation.shown(event['type'])}'. Supported values are: "
+                    f"{', '.join(sorted(self._handlers))}.",
                     param="type",
                 )
-            return handler(event)
+            effects = handler(event, client_events.validate(event, self.dialect))
         except ProtocolError as exc:
-            return Effects(events=[self.events.error(exc, event_id)])
+            effects = Effects(events=[self.events.error(exc, event_id)])
+        except Exception:
+            # A bug, not the client's mistake: the client learns only that its event failed.
+            log.exception("session %s: client event %r failed", self.session_id, event_id)
+            effects = Effects(events=[self.events.error(_SERVER_ERROR, event_id)])
+        effects.client_event_id = event_id
+        return effects
 
     def model_output(
         self,
@@ -170,7 +206,9 @@ class RealtimeSession:
             item_id = self._speech_item_id or new_id("item")
             self._speech_item_id = None
             effects.events.append(self.events.speech_stopped(event.audio_ms, item_id))
-            effects.extend(self._commit_user_audio(item_id, self.input_audio.take(self._speech_start_ms, event.audio_ms)))
+            effects.extend(
+                self._commit_user_audio(item_id, self.input_audio.take(self._speech_start_ms, event.audio_ms))
+            )
             if turn.get("create_response", True):
                 if self.response is None:
                     effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
@@ -193,12 +231,23 @@ class RealtimeSession:
 
     # --- session ------------------------------------------------------------------------------
 
-    def _session_update(self, event: dict[str, Any]) -> Effects:
-        if "session" not in event:
-            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'session'.", param="session")
-        self.config = session_config.apply_update(self.config, event["session"], self.dialect)
-        self._log_ignored(event["session"])
-        return Effects(events=[self.events.session_updated(self.config)], records=[records.ConfigAccepted(self.config)])
+    def _session_update(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
+        update = event["session"]  # present and an object: checked by client_events.validate
+        config = session_config.apply_update(self.config, update, self.dialect)
+        limits.check_instructions(update.get("instructions"), self.limits, "session.instructions")
+        limits.check_tools(update.get("tools"), self.limits, "session.tools")
+        limits.check_session_rest(config)
+        changed = config != self.config
+        self.config = config
+        self._log_ignored(update)
+        return Effects(events=[self.events.session_updated(config)], records=self._store_config() if changed else [])
+
+    def _store_config(self) -> list[records.Record]:
+        """The session's configuration to store, while fewer than max_stored_configs have been."""
+        if self._configs_stored >= self.limits.max_stored_configs:
+            return []
+        self._configs_stored += 1
+        return [records.ConfigAccepted(session=self.config)]
 
     def _log_ignored(self, update: dict[str, Any]) -> None:
         flat = json.dumps(update)
@@ -209,14 +258,12 @@ class RealtimeSession:
 
     # --- input audio --------------------------------------------------------------------------
 
-    def _append(self, event: dict[str, Any]) -> Effects:
-        if "audio" not in event:
-            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'audio'.", param="audio")
+    def _append(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         samples = decode_pcm16(event["audio"])
         self.input_audio.append(samples)
         return Effects(frames=self._frames.push(samples))
 
-    def _commit(self, event: dict[str, Any]) -> Effects:
+    def _commit(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         buffered_ms = self.input_audio.buffered_samples * 1000 // SAMPLE_RATE
         if buffered_ms < MIN_COMMIT_MS:
             raise ProtocolError(
@@ -248,7 +295,7 @@ class RealtimeSession:
             "content": [{"type": "input_audio", "transcript": None}],
             "object": "realtime.item",
         }
-        previous = self.conversation.insert(item)
+        previous = self.conversation.insert(item)  # the server's item: the oldest leaves when full
         effects = Effects(events=[self.events.input_audio_buffer_committed(item_id, previous)])
         effects.events.extend(self.events.item_entered(item, previous))
         effects.records.append(self._item_record(item, audio_ms=buffered_ms))
@@ -278,7 +325,7 @@ class RealtimeSession:
             event = self.events.transcription_failed(result.item_id, result.error_code, result.error)
         return Effects(events=[event], records=[result])
 
-    def _clear(self, event: dict[str, Any]) -> Effects:
+    def _clear(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         self.input_audio.clear()
         self.input_audio.forget_latest(self._frames.clear())
         self._end_detected_speech()
@@ -286,37 +333,40 @@ class RealtimeSession:
 
     # --- conversation items -------------------------------------------------------------------
 
-    def _item_create(self, event: dict[str, Any]) -> Effects:
-        client_events.validate(event, self.dialect)
+    def _item_create(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         item = dict(event["item"])
-        item.setdefault("id", new_id("item"))
-        if not item["id"]:
+        if not item.get("id"):
             item["id"] = new_id("item")
-        item.setdefault("object", "realtime.item")
-        item.setdefault("status", "completed")
-        previous = self.conversation.insert(item, event.get("previous_item_id"))
+        if len(item["id"]) > MAX_ITEM_ID_LENGTH:
+            raise validation.string_too_long(("item", "id"), item["id"], MAX_ITEM_ID_LENGTH)
+        # Filled in as OpenAI does, where the item's type has the field (MCP items have neither).
+        declared = type(getattr(model, "item", None)).model_fields if model is not None else {}
+        if "object" in declared:
+            item.setdefault("object", "realtime.item")
+        if "status" in declared:
+            item.setdefault("status", "completed")
+        limits.check_item_text(item, self.limits)
+        previous = self.conversation.insert(item, event.get("previous_item_id"), from_client=True)
         effects = Effects(events=self.events.item_entered(item, previous))
         effects.records.append(self._item_record(item))
         return effects
 
-    def _item_retrieve(self, event: dict[str, Any]) -> Effects:
-        client_events.validate(event, self.dialect)
+    def _item_retrieve(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         snapshot = self.conversation.snapshot(event["item_id"])
         if self.response is not None and self.response.item_id == event["item_id"]:
             snapshot = self.response.item("in_progress", partial=True)  # what has been said so far
         return Effects(events=[self.events.item_retrieved(snapshot)])
 
-    def _item_truncate(self, event: dict[str, Any]) -> Effects:
-        client_events.validate(event, self.dialect)
+    def _item_truncate(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         item_id = event["item_id"]
         item = self.conversation.get(item_id, "item_truncate_invalid_item_id", "truncating")
         if item.get("role") != "assistant":
-            raise ProtocolError(
-                "invalid_value", "Only assistant message items can be truncated.", param="item_id"
-            )
+            raise ProtocolError("invalid_value", "Only assistant message items can be truncated.", param="item_id")
         if event["content_index"] != 0:
-            raise ProtocolError("invalid_value", "Invalid value for 'content_index': this item has one part.", param="content_index")
-        audio_end_ms = int(event["audio_end_ms"])
+            raise ProtocolError(
+                "invalid_value", "Invalid value for 'content_index': this item has one part.", param="content_index"
+            )
+        audio_end_ms: int = event["audio_end_ms"]  # an integer: checked by client_events.validate
         response = self.response if self.response and self.response.item_id == item_id else None
         audio_ms = response.audio_ms if response else int(item.get("_audio_ms", 0))
         if audio_end_ms < 0 or audio_end_ms > audio_ms:
@@ -343,12 +393,15 @@ class RealtimeSession:
         pieces: list[tuple[int, str]] = item.get("_pieces", [])
         return "".join(text for frame, text in pieces if frame * FRAME_MS < audio_end_ms)
 
-    def _item_delete(self, event: dict[str, Any]) -> Effects:
-        client_events.validate(event, self.dialect)
+    def _item_delete(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         self.conversation.delete(event["item_id"])
-        return Effects(events=[self.events.item_deleted(event["item_id"])], records=[records.ItemDeleted(event["item_id"])])
+        return Effects(
+            events=[self.events.item_deleted(event["item_id"])], records=[records.ItemDeleted(event["item_id"])]
+        )
 
-    def _item_record(self, item: dict[str, Any], *, audio_ms: int = 0, response_id: str | None = None) -> records.ItemStored:
+    def _item_record(
+        self, item: dict[str, Any], *, audio_ms: int = 0, response_id: str | None = None
+    ) -> records.ItemStored:
         self._positions += 1
         content = [dict(part) for part in item.get("content", [])]
         # Stored exactly as streamed (leading spaces included): the record is what was said.
@@ -368,8 +421,7 @@ class RealtimeSession:
 
     # --- responses ----------------------------------------------------------------------------
 
-    def _response_create(self, event: dict[str, Any]) -> Effects:
-        client_events.validate(event, self.dialect)
+    def _response_create(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         if self.response is not None:
             raise ProtocolError(
                 "conversation_already_has_active_response",
@@ -383,27 +435,43 @@ class RealtimeSession:
                 "tool_choice 'required' cannot be honoured: Moshi does not call tools.",
                 param="response.tool_choice",
             )
+        for key in ("max_output_tokens", "max_response_output_tokens"):
+            tokens = params.get(key, "inf")
+            if tokens != "inf" and not 1 <= tokens <= 4096:
+                raise ProtocolError(
+                    "invalid_value",
+                    f"Invalid value for 'response.{key}': expected an integer from 1 to 4096 or 'inf'.",
+                    param=f"response.{key}",
+                )
+        limits.check_instructions(params.get("instructions"), self.limits, "response.instructions")
+        limits.check_tools(params.get("tools"), self.limits, "response.tools")
+        limits.check_metadata(params.get("metadata"), self.limits, "response.metadata")
         return self._open_response(
             metadata=params.get("metadata"),
             conversation=params.get("conversation", "auto") != "none",
             overrides=params,
         )
 
-    def _response_cancel(self, event: dict[str, Any]) -> Effects:
-        client_events.validate(event, self.dialect)
+    def _response_cancel(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         wanted = event.get("response_id")
         if self.response is None or (wanted and wanted != self.response.id):
             raise ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found")
         return self._close_response("cancelled", "client_cancelled")
 
-    def _open_response(self, *, metadata: dict[str, Any] | None, conversation: bool, overrides: dict[str, Any]) -> Effects:
-        modalities = overrides.get("output_modalities") or overrides.get("modalities") or self.config["output_modalities"]
+    def _open_response(
+        self, *, metadata: dict[str, Any] | None, conversation: bool, overrides: dict[str, Any]
+    ) -> Effects:
+        modalities = (
+            overrides.get("output_modalities") or overrides.get("modalities") or self.config["output_modalities"]
+        )
         response = Response(
             dialect=self.dialect,
             audio="audio" in modalities,
             conversation_id=self.conversation_id if conversation else None,
             metadata=metadata,
-            max_output_tokens=overrides.get("max_output_tokens", overrides.get("max_response_output_tokens", self.config["max_output_tokens"])),
+            max_output_tokens=overrides.get(
+                "max_output_tokens", overrides.get("max_response_output_tokens", self.config["max_output_tokens"])
+            ),
             session=self.config,
         )
         self.response = response
@@ -450,4 +518,3 @@ class RealtimeSession:
         if response.conversation_id is not None:
             effects.records.append(self._item_record(item, audio_ms=response.audio_ms, response_id=response.id))
         return effects
-

@@ -3,7 +3,8 @@
 The session is stored in the GA shape (`audio.input` / `audio.output`) whatever the dialect; a beta
 `session.update` is translated into that shape and the beta `session.*` events are rendered back
 from it. Field types and enums are checked with the openai SDK's own pydantic request models, so
-what we accept is exactly what OpenAI documents; ranges and top-level unknown keys are checked here.
+what we accept is exactly what OpenAI documents (validation.py: strictly typed, null only where
+allowed, no unknown keys); ranges are checked here.
 
 Settings that Moshi cannot honour (voice, speed, tools, tracing, an OpenAI model name, ...) are
 accepted, stored and reflected back, as voice-agent frameworks treat an `error` as fatal; the
@@ -17,11 +18,10 @@ import time
 import typing
 from typing import Any
 
-import pydantic
 from openai.types.beta.realtime.session_update_event import Session as BetaSessionModel
 from openai.types.realtime import RealtimeSessionCreateRequest
-from pydantic_core import ErrorDetails
 
+from . import validation
 from .dialect import Dialect
 from .errors import ProtocolError
 
@@ -45,18 +45,17 @@ PCM16 = {"type": "audio/pcm", "rate": 24000}
 BETA_MODEL_NAMES = set(typing.get_args(typing.get_args(BetaSessionModel.model_fields["model"].annotation)[0]))
 BETA_FALLBACK_MODEL = "gpt-4o-realtime-preview"
 
-_GA_TOP_LEVEL = set(RealtimeSessionCreateRequest.model_fields)
-_BETA_TOP_LEVEL = set(BetaSessionModel.model_fields)
-_GA_AUDIO = {"input", "output"}
-_GA_AUDIO_INPUT = {"format", "noise_reduction", "transcription", "turn_detection"}
-_GA_AUDIO_OUTPUT = {"format", "speed", "voice"}
-
 _BETA_FORMATS = {"pcm16": PCM16, "g711_ulaw": {"type": "audio/pcmu"}, "g711_alaw": {"type": "audio/pcma"}}
 _GA_TO_BETA_FORMAT = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 # Beta's turn_detection model has no idle_timeout_ms; everything else is shared.
 _BETA_TURN_DETECTION_KEYS = {
-    "type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
-    "interrupt_response", "eagerness",
+    "type",
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "create_response",
+    "interrupt_response",
+    "eagerness",
 }
 
 
@@ -157,94 +156,42 @@ def _validate_ga(update: dict[str, Any]) -> dict[str, Any]:
             "Passing a transcription session update event to a realtime session is not allowed.",
             param="session.type",
         )
-    _reject_unknown(update, _GA_TOP_LEVEL, "session")
-    audio = update.get("audio")
-    if isinstance(audio, dict):
-        _reject_unknown(audio, _GA_AUDIO, "session.audio")
-        if isinstance(audio.get("input"), dict):
-            _reject_unknown(audio["input"], _GA_AUDIO_INPUT, "session.audio.input")
-        if isinstance(audio.get("output"), dict):
-            _reject_unknown(audio["output"], _GA_AUDIO_OUTPUT, "session.audio.output")
-    _model_validate(RealtimeSessionCreateRequest, update)
+    validation.check_model(RealtimeSessionCreateRequest, update, Dialect.GA, prefix=("session",))
     return update
 
 
 def _validate_beta(update: dict[str, Any]) -> dict[str, Any]:
-    _reject_unknown(update, _BETA_TOP_LEVEL, "session")
-    _model_validate(BetaSessionModel, update)
+    validation.check_model(BetaSessionModel, update, Dialect.BETA, prefix=("session",))
     return update
-
-
-def _reject_unknown(obj: dict[str, Any], allowed: set[str], path: str) -> None:
-    for key in obj:
-        if key not in allowed:
-            raise ProtocolError("unknown_parameter", f"Unknown parameter: '{path}.{key}'.", param=f"{path}.{key}")
-
-
-def _model_validate(model: type[pydantic.BaseModel], data: dict[str, Any]) -> None:
-    try:
-        model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        first = _relevant_error(exc.errors())
-        param = "session" + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in _input_path(data, first["loc"]))
-        raise ProtocolError(
-            "invalid_value" if first["type"] != "missing" else "missing_required_parameter",
-            f"Invalid value for '{param}': {first['msg']}.",
-            param=param,
-        ) from None
-
-
-def _relevant_error(errors: list[ErrorDetails]) -> ErrorDetails:
-    """The first error inside the union member that the client picked by its `type` (or `role`).
-
-    For a union such as turn_detection (server_vad | semantic_vad) pydantic reports every member's
-    errors, the first often being "type should be 'server_vad'" for a semantic_vad input. Errors under
-    a member whose discriminator did not match are not the client's mistake, so they are passed over;
-    when no member matched, the discriminator itself is what is wrong.
-    """
-    mismatches = [e for e in errors if e["type"] == "literal_error" and e["loc"][-1:] in (("type",), ("role",))]
-    ruled_out = [e["loc"][:-1] for e in mismatches]
-    for error in errors:
-        if not any(error["loc"][: len(prefix)] == prefix for prefix in ruled_out):
-            return error
-    return mismatches[0] if mismatches else errors[0]
-
-
-def _input_path(data: Any, loc: tuple[Any, ...]) -> list[Any]:
-    """The part of a pydantic error location that names real keys of the input.
-
-    pydantic adds union member tags (class names, ``literal[...]``) to the location; those are not
-    parameters a client sent, so walk the input and keep only the steps that exist in it.
-    """
-    path: list[Any] = []
-    node = data
-    for step in loc:
-        if isinstance(node, dict) and step in node:
-            path.append(step)
-            node = node[step]
-        elif isinstance(node, list) and isinstance(step, int) and step < len(node):
-            path.append(step)
-            node = node[step]
-    return path
 
 
 # Where the range-checked settings live in a beta session, so that a beta client's `error` names the
 # parameter it sent rather than its place in the stored GA shape.
 _BETA_PARAMS = {
-    "session.audio.input.turn_detection.threshold": "session.turn_detection.threshold",
     "session.audio.output.speed": "session.speed",
     "session.max_output_tokens": "session.max_response_output_tokens",
     "session.output_modalities": "session.modalities",
     "session.audio.input.format": "session.input_audio_format",
     "session.audio.output.format": "session.output_audio_format",
 }
+_BETA_PREFIXES = {
+    "session.audio.input.turn_detection.": "session.turn_detection.",
+    "session.audio.input.transcription.": "session.input_audio_transcription.",
+}
+# Strings stored in columns of bounded size with each transcription (transcripts.models).
+_TRANSCRIPTION_LIMITS = {"language": 16, "model": 128}
 
 
 def _check_ranges(session: dict[str, Any], dialect: Dialect) -> None:
-    """Ranges that the SDK's models do not encode but OpenAI enforces."""
+    """Ranges that the SDK's models do not encode but OpenAI enforces (or storage needs)."""
 
     def name(ga_param: str) -> str:
-        return _BETA_PARAMS[ga_param] if dialect is Dialect.BETA else ga_param
+        if dialect is Dialect.GA:
+            return ga_param
+        for ga_prefix, beta_prefix in _BETA_PREFIXES.items():
+            if ga_param.startswith(ga_prefix):
+                return beta_prefix + ga_param[len(ga_prefix) :]
+        return _BETA_PARAMS[ga_param]
 
     turn = session["audio"]["input"]["turn_detection"]
     if turn and turn.get("type") == "server_vad" and turn.get("threshold") is not None:
@@ -252,6 +199,24 @@ def _check_ranges(session: dict[str, Any], dialect: Dialect) -> None:
             param = name("session.audio.input.turn_detection.threshold")
             raise ProtocolError(
                 "invalid_value", f"Invalid value for '{param}': expected a number between 0 and 1.", param=param
+            )
+    for key in ("prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"):
+        value = (turn or {}).get(key)
+        if value is not None and value < 0:
+            param = name(f"session.audio.input.turn_detection.{key}")
+            raise ProtocolError(
+                "invalid_value", f"Invalid value for '{param}': expected a non-negative integer.", param=param
+            )
+    transcription = session["audio"]["input"]["transcription"]
+    for key, limit in _TRANSCRIPTION_LIMITS.items():
+        value = (transcription or {}).get(key)
+        if isinstance(value, str) and len(value) > limit:
+            param = name(f"session.audio.input.transcription.{key}")
+            raise ProtocolError(
+                "string_above_max_length",
+                f"Invalid '{param}': string too long. Expected a string with maximum length {limit}, "
+                f"but got a string with length {len(value)} instead.",
+                param=param,
             )
     speed = session["audio"]["output"]["speed"]
     if speed is not None and not 0.25 <= float(speed) <= 1.5:
@@ -268,7 +233,9 @@ def _check_ranges(session: dict[str, Any], dialect: Dialect) -> None:
     modalities = session["output_modalities"]
     if not modalities or len(set(modalities)) != len(modalities) or len(modalities) > 1 and "text" in modalities:
         param = name("session.output_modalities")
-        raise ProtocolError("invalid_value", f"Invalid value for '{param}': expected ['audio'] or ['text'].", param=param)
+        raise ProtocolError(
+            "invalid_value", f"Invalid value for '{param}': expected ['audio'] or ['text'].", param=param
+        )
     for direction in ("input", "output"):
         if session["audio"][direction]["format"].get("type") != "audio/pcm":
             raise ProtocolError(
@@ -299,7 +266,12 @@ def _complete_turn_detection(current: dict[str, Any] | None, value: dict[str, An
     """Fill in OpenAI's defaults so `session.updated` shows every effective setting."""
     kind = value.get("type", (current or {}).get("type", "server_vad"))
     if kind == "semantic_vad":
-        base: dict[str, Any] = {"type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True}
+        base: dict[str, Any] = {
+            "type": "semantic_vad",
+            "eagerness": "auto",
+            "create_response": True,
+            "interrupt_response": True,
+        }
     else:
         base = dict(DEFAULT_TURN_DETECTION)
     if current and current.get("type") == kind:
