@@ -1,19 +1,26 @@
 # The README's two commands: `make serve` and `make test`. Both create the virtualenv on first use
-# and reuse it afterwards (re-installing only when requirements.txt changes).
+# and reuse it afterwards (re-installing only when a requirements file changes). `make serve`
+# installs what the server needs (requirements.txt), `make test` that and the development tools
+# (requirements-dev.txt).
 PYTHON ?= python3.11
 VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
+DEV_STAMP := $(VENV)/.installed-requirements-dev
 
-.PHONY: serve test lint demo-checkpoint browser
+.PHONY: serve test lint system-packages
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	cp requirements.txt $(STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	cp requirements-dev.txt $(DEV_STAMP)
 
 # `make serve` is for local development: it sets the development values the server otherwise
 # refuses to run with (DEBUG, a known secret key, an open Realtime endpoint), each only when the
@@ -32,15 +39,23 @@ serve: $(STAMP)
 		--websocket-max-message-size 16777216 --websocket-max-frame-size 16777216 \
 		realtime_project.asgi:application
 
-test: $(STAMP) browser
+test: $(DEV_STAMP) system-packages
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest
 
-# The staff console's browser test drives Debian's chromium and chromedriver: installed once, when missing.
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+# What the suite needs from Debian, installed once when missing (this needs root, as on CI): the
+# console's browser test drives chromium and chromedriver; the test session starts throwaway
+# PostgreSQL and Redis servers from their binaries (tests/services.py) unless TEST_POSTGRES_URL /
+# TEST_REDIS_URL name servers to use.
+SYSTEM_PACKAGES := $(if $(shell command -v chromium),,chromium) \
+	$(if $(shell command -v chromedriver),,chromium-driver) \
+	$(if $(TEST_POSTGRES_URL)$(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) \
+	$(if $(TEST_REDIS_URL)$(shell command -v redis-server),,redis-server)
+system-packages:
+	$(if $(strip $(SYSTEM_PACKAGES)),apt-get update -qq && apt-get install -y -qq $(strip $(SYSTEM_PACKAGES)))
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -16,6 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from voice.auth import host_checked, origin_checked  # noqa: E402
 from voice.routing import websocket_urlpatterns  # noqa: E402
+from voice.runtime.transport import link_transport  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -23,6 +24,9 @@ application = ProtocolTypeRouter(
         # The Host against ALLOWED_HOSTS first, as for HTTP; then browser origins (the Realtime
         # endpoint's list; the console checks its own); the Django session (staff console) next;
         # API keys in the consumer. Every refusal closes before accept: daphne answers HTTP 403.
-        "websocket": host_checked(origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
+        # link_transport lets a session see daphne's send buffer (voice/runtime/transport.py).
+        "websocket": link_transport(
+            host_checked(origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))))
+        ),
     }
 )

@@ -6,9 +6,12 @@ TIMEOUT is the one constant every wait in the suite takes: the model can be slow
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .services import ServiceUnavailable, Throwaway, start_postgres, start_redis
 
 TIMEOUT = float(os.environ.get("TEST_TIMEOUT", "20"))
 AUDIO_DIR = Path(__file__).resolve().parent / "audio"  # test speech; its README says what each file holds
@@ -24,6 +27,33 @@ TEST_VOICE = {
     "LOAD_MODEL": "0",
     "OPEN_ENDPOINT": "1",  # pytest-django runs with DEBUG off; tests/test_access.py turns keys on
 }
+
+
+def _service(variable: str, start: object) -> Iterator[str]:
+    given = os.environ.get(variable)
+    if given:
+        yield given
+        return
+    try:
+        service: Throwaway = start()  # type: ignore[operator]
+    except ServiceUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield service.url
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server's admin URL: TEST_POSTGRES_URL, else a throwaway one for this session."""
+    yield from _service("TEST_POSTGRES_URL", start_postgres)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server's URL (no database number): TEST_REDIS_URL, else a throwaway one for this session."""
+    yield from _service("TEST_REDIS_URL", start_redis)
 
 
 @pytest.fixture(scope="session")

@@ -1,38 +1,18 @@
 """Helpers for the console tests that run real daphne processes: users in their database, a signed-in
-cookie got through the admin's own login form, and the Redis server the channel layer needs."""
+cookie got through the admin's own login form."""
 
 from __future__ import annotations
 
 import http.cookiejar
 import re
-import socket
 import subprocess
 import sys
 import urllib.parse
 import urllib.request
 
-import pytest
-
 from voice.testing.live_server import REPO_ROOT, LiveServer
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PASSWORD = "console-test-password"
-
-
-def require_redis() -> None:
-    """Fail (never skip) with a clear message when the Redis server the test needs is not there."""
-    try:
-        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=3) as sock:
-            sock.sendall(b"PING\r\n")
-            reply = sock.recv(64)
-    except OSError as exc:
-        pytest.fail(
-            f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT} ({exc}). The console's two-process test needs a "
-            "Redis server on loopback, e.g. `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''`.",
-            pytrace=False,
-        )
-    if not reply.startswith(b"+PONG"):
-        pytest.fail(f"{REDIS_HOST}:{REDIS_PORT} answered PING with {reply!r}, not +PONG: is it Redis?", pytrace=False)
 
 
 # What a staff member needs to follow sessions and end them on the console.

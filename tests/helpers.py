@@ -20,7 +20,7 @@ from .strict import strict
 
 
 def read_pcm16(name: str) -> bytes:
-    """The raw pcm16 bytes of a 24 kHz mono WAV from ../shared/audio."""
+    """The raw pcm16 bytes of a 24 kHz mono WAV from tests/audio."""
     with wave.open(str(audio_path(name))) as wav:
         assert wav.getframerate() == 24000 and wav.getnchannels() == 1 and wav.getsampwidth() == 2
         return wav.readframes(wav.getnframes())

@@ -1,6 +1,7 @@
 """DATABASE_URL switches the store to PostgreSQL: migrations and the persistence services run there.
 
-Uses the PostgreSQL server on loopback (TEST_POSTGRES_URL), in a throwaway database. PostgreSQL,
+Uses the session's PostgreSQL server (conftest's postgres_url: TEST_POSTGRES_URL or a throwaway
+one), in a database of its own. PostgreSQL,
 unlike SQLite, refuses a string longer than its column and a NUL character in text and jsonb: what
 a client sends (its requested model, item ids, texts, session config) is cut and cleaned first.
 """
@@ -12,13 +13,13 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 STORE_AND_READ = """
 import json
@@ -105,22 +106,20 @@ print(json.dumps({
 
 
 @pytest.fixture
-def postgres_url():
-    try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL} (set TEST_POSTGRES_URL): {exc}")
+def database_url(postgres_url: str) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL server, dropped after the test."""
+    admin = psycopg.connect(postgres_url, autocommit=True, connect_timeout=10)
     name = f"realtime_test_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        yield postgres_url.rsplit("/", 1)[0] + "/" + name
     finally:
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.close()
 
 
-def test_conversations_are_stored_in_postgresql(postgres_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": postgres_url, "VOICE_LOAD_MODEL": "0"}
+def test_conversations_are_stored_in_postgresql(database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url, "VOICE_LOAD_MODEL": "0"}
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=REPO, env=env, check=True, timeout=120)
     result = subprocess.run(
@@ -141,8 +140,8 @@ def test_conversations_are_stored_in_postgresql(postgres_url: str) -> None:
     }
 
 
-def test_what_postgresql_refuses_is_cut_and_cleaned_first(postgres_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": postgres_url, "VOICE_LOAD_MODEL": "0"}
+def test_what_postgresql_refuses_is_cut_and_cleaned_first(database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url, "VOICE_LOAD_MODEL": "0"}
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=REPO, env=env, check=True, timeout=120)
     result = subprocess.run(
