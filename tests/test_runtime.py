@@ -251,6 +251,11 @@ async def test_shutdown_tells_the_client_closes_going_away_and_refuses_newcomers
     await assert_all_given_back(before)
     assert (await conversation_ends())[-1] == ("server_shutdown", True)
 
+    from django.test import AsyncClient
+
+    readiness = await AsyncClient().get("/readyz")
+    assert readiness.status_code == 503 and readiness.json() == {"ready": False, "shutting_down": True}
+
     late = WebsocketCommunicator(application, "/v1/realtime", headers=[(b"host", b"testserver")])
     assert (await late.connect(timeout=TIMEOUT))[0]
     refusal = json.loads(await late.receive_from(timeout=TIMEOUT))

@@ -11,13 +11,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .conf import get_config
 from .engine.manager import get_manager
+from .runtime.live import live_sessions
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Readiness: 200 once the model is loaded and warm, 503 before (or in a process without one)."""
+    """Readiness: 200 once the model is loaded and warm, 503 before (or in a process without one)
+    and once the process is shutting down, so that a load balancer sends no new calls here."""
     manager = get_manager()
     if manager is None or not manager.ready:
         return JsonResponse({"ready": False}, status=503)
+    if live_sessions.draining:
+        return JsonResponse({"ready": False, "shutting_down": True}, status=503)
     models = {kind: engine.model.name for kind, engine in manager.engines.items()}
     return JsonResponse({"ready": True, "device": str(manager.device), "models": models})
 
