@@ -996,8 +996,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
             label=f"{mode} server overhead p50",
         )
     for ax, bound_ms, bound_label, ylabel, title in (
-        (latency_ax, REAL_TIME_BOUND_S * 1000, "real-time bound (240 ms)", "frame latency, client side (ms)",
-         "Frame latency vs concurrent sessions"),
+        (
+            latency_ax,
+            REAL_TIME_BOUND_S * 1000,
+            "real-time bound (240 ms)",
+            "frame latency, client side (ms)",
+            "Frame latency vs concurrent sessions",
+        ),
         (step_ax, FRAME_S * 1000, "80 ms frame (RTF 1)", "ms", "Server: model step and per-frame overhead (p50)"),
     ):
         ax.axhline(bound_ms, color="gray", linestyle="-.", label=bound_label)

@@ -182,7 +182,7 @@ VOICE = {
     "ASR_RETRIES": env_int("ASR_RETRIES", 2),
     "ASR_MAX_PENDING": env_int("ASR_MAX_PENDING", 4),
     "OPEN_ENDPOINT": os.environ.get("REALTIME_OPEN_ENDPOINT", "auto"),
-    "ALLOWED_ORIGINS": [o.strip() for o in os.environ.get("REALTIME_ALLOWED_ORIGINS", "").split(",") if o.strip()],
+    "ALLOWED_ORIGINS": env_list("REALTIME_ALLOWED_ORIGINS"),
     "RECORD_AUDIO": env_bool("REALTIME_RECORD_AUDIO", False),
     "SEED": env_int("MOSHI_SEED", 0),
     "ENGINE": os.environ.get("REALTIME_ENGINE", "batched"),
@@ -197,7 +197,7 @@ VOICE = {
     "MAX_UNSENT_BYTES": env_int("REALTIME_MAX_UNSENT_BYTES", 8 * 1024 * 1024),
     "MAX_SESSIONS_PER_KEY": env_int("REALTIME_MAX_SESSIONS_PER_KEY", 0),
     "SHUTDOWN_GRACE_S": env_float("REALTIME_SHUTDOWN_GRACE_S", 10.0),
-    "CONSOLE_ALLOWED_ORIGINS": [o.strip() for o in os.environ.get("CONSOLE_ALLOWED_ORIGINS", "").split(",") if o.strip()],
+    "CONSOLE_ALLOWED_ORIGINS": env_list("CONSOLE_ALLOWED_ORIGINS"),
     "METRICS_TOKEN": os.environ.get("REALTIME_METRICS_TOKEN", ""),
 }
 

@@ -17,15 +17,24 @@ pytestmark = pytest.mark.django_db
 
 def store_conversation(session_id: str, assistant_text: str) -> int:
     pk = services.conversation_start(
-        session_id=session_id, conversation_id="conv_" + session_id, dialect="ga",
-        model_name="moshi-demo-random-weights", model_type="sft",
+        session_id=session_id,
+        conversation_id="conv_" + session_id,
+        dialect="ga",
+        model_name="moshi-demo-random-weights",
+        model_type="sft",
     )
     services.conversation_records_apply(
         conversation_pk=pk,
         batch=[
             records.ConfigAccepted(session={"instructions": "Be brief."}),
-            records.ItemStored(item_id=f"item_{session_id}", item_type="message", role="assistant",
-                               status="completed", text=assistant_text, position=1),
+            records.ItemStored(
+                item_id=f"item_{session_id}",
+                item_type="message",
+                role="assistant",
+                status="completed",
+                text=assistant_text,
+                position=1,
+            ),
         ],
     )
     services.conversation_end(conversation_pk=pk, reason="disconnect:1000")
@@ -85,7 +94,9 @@ async def test_a_recorded_conversation_plays_in_its_timeline_page(settings, tmp_
     settings.VOICE = {**settings.VOICE, "RECORD_AUDIO": True}
     async with connected(Dialect.GA) as client:
         session_id = client.received[0]["session"]["id"]
-        await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+        await client.send(
+            {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+        )
         for event in append_events(read_pcm16("weather_en_24k.wav")[: 48 * 2000]):
             await client.send(event)
         await client.send({"type": "response.create"})  # after the audio: the response answers it

@@ -47,8 +47,10 @@ async def test_a_spoken_turn_is_transcribed_in_the_event_sequence(server: LiveSe
     events: list[dict] = []
     async with client.realtime.connect(model="gpt-realtime") as conn:
         await conn.session.update(
-            session={"type": "realtime", "audio": {"input": {
-                "transcription": {"model": "gpt-4o-mini-transcribe", "language": "en"}}}}
+            session={
+                "type": "realtime",
+                "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe", "language": "en"}}},
+            }
         )
 
         async def microphone() -> None:
@@ -74,7 +76,9 @@ async def test_a_spoken_turn_is_transcribed_in_the_event_sequence(server: LiveSe
     committed = events[kinds.index("input_audio_buffer.committed")]
     completed = events[kinds.index("conversation.item.input_audio_transcription.completed")]
     assert kinds.index("input_audio_buffer.speech_started") < kinds.index("input_audio_buffer.speech_stopped")
-    assert kinds.index("input_audio_buffer.committed") < kinds.index("conversation.item.input_audio_transcription.completed")
+    assert kinds.index("input_audio_buffer.committed") < kinds.index(
+        "conversation.item.input_audio_transcription.completed"
+    )
     assert completed["item_id"] == committed["item_id"]
     assert completed["transcript"].startswith("segment 1 of ")
     [received] = asr.state.requests

@@ -37,8 +37,12 @@ FRAMEWORK_SESSION = {
             "format": {"type": "audio/pcm", "rate": 24000},
             "noise_reduction": None,
             "transcription": {"model": "gpt-4o-mini-transcribe"},
-            "turn_detection": {"type": "semantic_vad", "eagerness": "medium", "create_response": True,
-                               "interrupt_response": True},
+            "turn_detection": {
+                "type": "semantic_vad",
+                "eagerness": "medium",
+                "create_response": True,
+                "interrupt_response": True,
+            },
         },
         "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0},
     },
@@ -78,7 +82,8 @@ class Socket:
 async def ga_socket(server: LiveServer, query: str = "?model=gpt-realtime") -> AsyncIterator[Socket]:
     """No subprotocol offered, permessage-deflate offered, a Bearer key: as the frameworks connect."""
     async with websockets.connect(
-        f"{server.ws_url}/v1/realtime{query}", additional_headers={"Authorization": "Bearer any-key"},
+        f"{server.ws_url}/v1/realtime{query}",
+        additional_headers={"Authorization": "Bearer any-key"},
         compression="deflate",
     ) as ws:
         socket = Socket(ws)
@@ -90,7 +95,15 @@ async def test_every_framework_setting_is_accepted_and_reflected(server: LiveSer
     async with ga_socket(server, query="") as socket:
         await socket.send({"type": "session.update", "event_id": "session_update_1", "session": FRAMEWORK_SESSION})
         session = (await socket.recv())["session"]
-        for key in ("model", "tracing", "instructions", "output_modalities", "max_output_tokens", "tool_choice", "tools"):
+        for key in (
+            "model",
+            "tracing",
+            "instructions",
+            "output_modalities",
+            "max_output_tokens",
+            "tool_choice",
+            "tools",
+        ):
             assert session[key] == FRAMEWORK_SESSION[key], key
         assert session["audio"]["input"]["turn_detection"] == FRAMEWORK_SESSION["audio"]["input"]["turn_detection"]
         assert session["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
@@ -112,15 +125,28 @@ async def test_default_turn_detection_is_on_and_creates_responses(server: LiveSe
 async def test_greeting_kickoff_and_the_active_response_error(server: LiveServer) -> None:
     async with ga_socket(server) as socket:
         # pipecat's kickoff: its own item id (no item_ prefix), then response.create
-        await socket.send({"type": "conversation.item.create", "item": {
-            "id": "a8ae2489c0ffee", "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Say hello!"}]}})
+        await socket.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "id": "a8ae2489c0ffee",
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Say hello!"}],
+                },
+            }
+        )
         added, done = await socket.recv(), await socket.recv()
         assert (added["type"], done["type"]) == ("conversation.item.added", "conversation.item.done")
         assert added["item"]["id"] == done["item"]["id"] == "a8ae2489c0ffee"
         # LiveKit's generate_reply: metadata echoed in response.created
-        await socket.send({"type": "response.create", "event_id": "response_create_1",
-                           "response": {"metadata": {"client_event_id": "response_create_1"}}})
+        await socket.send(
+            {
+                "type": "response.create",
+                "event_id": "response_create_1",
+                "response": {"metadata": {"client_event_id": "response_create_1"}},
+            }
+        )
         created = await socket.recv()
         assert created["type"] == "response.created"
         assert created["response"]["metadata"] == {"client_event_id": "response_create_1"}
@@ -128,7 +154,9 @@ async def test_greeting_kickoff_and_the_active_response_error(server: LiveServer
         error = (await socket.until("error"))[-1]["error"]
         assert error["code"] == "conversation_already_has_active_response" and error["event_id"] == "response_create_2"
         events = await socket.until("response.done")
-        assert all(e.get("response", {}).get("id", created["response"]["id"]) == created["response"]["id"] for e in events)
+        assert all(
+            e.get("response", {}).get("id", created["response"]["id"]) == created["response"]["id"] for e in events
+        )
         assert [e["type"] for e in events].count("response.created") == 0, "nothing for the rejected request"
 
 
@@ -141,13 +169,28 @@ async def test_items_keep_client_ids_through_retrieve_truncate_and_delete(server
         await socket.send({"type": "conversation.item.retrieve", "item_id": assistant_id})
         retrieved = (await socket.until("conversation.item.retrieved"))[-1]
         assert retrieved["item"]["id"] == assistant_id
-        await socket.send({"type": "conversation.item.truncate", "item_id": assistant_id, "content_index": 0,
-                           "audio_end_ms": audio_ms // 2})
+        await socket.send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": assistant_id,
+                "content_index": 0,
+                "audio_end_ms": audio_ms // 2,
+            }
+        )
         truncated = (await socket.until("conversation.item.truncated"))[-1]
         assert truncated["audio_end_ms"] == audio_ms // 2
-        await socket.send({"type": "conversation.item.create", "previous_item_id": "root", "item": {
-            "id": "history_1", "type": "message", "role": "assistant",
-            "content": [{"type": "output_text", "text": "Replayed after a reconnect."}]}})
+        await socket.send(
+            {
+                "type": "conversation.item.create",
+                "previous_item_id": "root",
+                "item": {
+                    "id": "history_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Replayed after a reconnect."}],
+                },
+            }
+        )
         assert (await socket.until("conversation.item.done"))[-1]["item"]["id"] == "history_1"
         await socket.send({"type": "conversation.item.delete", "item_id": "history_1"})
         assert (await socket.until("conversation.item.deleted"))[-1]["item_id"] == "history_1"

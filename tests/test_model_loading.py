@@ -29,7 +29,12 @@ def test_demo_checkpoint_has_the_layout_and_keys_of_a_hub_repo(demo_checkpoint: 
     for key in ("dim", "text_card", "n_q", "dep_q", "card", "delays", "context", "depformer_dim"):
         assert key in config, key
     assert set(config) - set(loaders._lm_kwargs) <= {
-        "moshi_name", "mimi_name", "tokenizer_name", "mimi_config_name", "model_type", "model_id",
+        "moshi_name",
+        "mimi_name",
+        "tokenizer_name",
+        "mimi_config_name",
+        "model_type",
+        "model_id",
     }
 
 
@@ -77,7 +82,9 @@ def test_device_comes_from_the_setting() -> None:
 
 def test_optional_model_types_load_beside_the_sft_model(demo_checkpoint: Path) -> None:
     manager = ModelManager(
-        ManagerConfig(models={"sft": "", "base": str(demo_checkpoint)}, demo_dir=demo_checkpoint, max_sessions=1, tick_ms=0)
+        ManagerConfig(
+            models={"sft": "", "base": str(demo_checkpoint)}, demo_dir=demo_checkpoint, max_sessions=1, tick_ms=0
+        )
     )
     manager.load()
     try:
@@ -96,11 +103,19 @@ def test_only_serving_processes_load_the_model() -> None:
 
 
 def test_daphne_refuses_to_start_when_the_configured_model_fails(tmp_path: Path) -> None:
-    env = {**os.environ, "SFT_MODEL": str(tmp_path / "missing-model"), "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
+    env = {
+        **os.environ,
+        "SFT_MODEL": str(tmp_path / "missing-model"),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+    }
     daphne = Path(sys.executable).with_name("daphne")
     result = subprocess.run(
         [str(daphne), "-b", "127.0.0.1", "-p", "0", "realtime_project.asgi:application"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT * 3,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 3,
     )
     assert result.returncode != 0
     assert "Moshi model failed to load, not starting" in result.stderr

@@ -210,7 +210,6 @@ def test_clear_empties_the_buffer(dialect: Dialect) -> None:
     assert client.error({"type": "input_audio_buffer.commit"})["code"] == "input_audio_buffer_commit_empty"
 
 
-
 # --- dialects ---------------------------------------------------------------------------------
 
 

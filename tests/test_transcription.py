@@ -33,7 +33,12 @@ def request(item_id: str, seconds: float, model: str = "ok", language: str | Non
 
 
 async def transcribe_all(
-    asr: ASRServer, requests: list[TranscriptionRequest], *, timeout: float = 5.0, retries: int = 0, max_pending: int = 4
+    asr: ASRServer,
+    requests: list[TranscriptionRequest],
+    *,
+    timeout: float = 5.0,
+    retries: int = 0,
+    max_pending: int = 4,
 ) -> list[TranscriptionOutcome]:
     outcomes: list[TranscriptionOutcome] = []
 
@@ -107,8 +112,13 @@ async def test_a_spoken_turn_is_transcribed_sent_and_stored(asr: ASRServer, sett
     settings.VOICE = {**settings.VOICE, "ASR_BASE_URL": asr.base_url, "ASR_API_KEY": "test-key"}
     async with connected(Dialect.GA) as client:
         await client.send(
-            {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
-                "transcription": {"model": "ok", "language": "en"}}}}}
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "ok", "language": "en"}}},
+                },
+            }
         )
         await client.recv_until("session.updated")
         for event in append_events(read_pcm16("weather_en_24k.wav") + bytes(48000 * 2)):
@@ -136,8 +146,13 @@ async def test_a_failed_transcription_reaches_the_client_and_the_store(asr: ASRS
     settings.VOICE = {**settings.VOICE, "ASR_BASE_URL": asr.base_url, "ASR_API_KEY": "k", "ASR_RETRIES": 0}
     async with connected(Dialect.GA) as client:
         await client.send(
-            {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
-                "transcription": {"model": "fail"}, "turn_detection": None}}}}
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "fail"}, "turn_detection": None}},
+                },
+            }
         )
         await client.recv_until("session.updated")
         for event in append_events(read_pcm16("weather_en_24k.wav")[: 48 * 500]):
@@ -158,8 +173,13 @@ async def test_a_client_that_leaves_mid_transcription_still_gets_it_stored(asr: 
     asr.state.delays[1] = 1.0
     async with connected(Dialect.GA) as client:
         await client.send(
-            {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
-                "transcription": {"model": "ok"}, "turn_detection": None}}}}
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "ok"}, "turn_detection": None}},
+                },
+            }
         )
         await client.recv_until("session.updated")
         for event in append_events(read_pcm16("weather_en_24k.wav")[: 48 * 500]):

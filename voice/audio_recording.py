@@ -46,7 +46,10 @@ class SessionAudioRecorder:
         return await asyncio.to_thread(self._save)
 
     def _take_pending(self) -> dict[str, np.ndarray]:
-        taken = {track: np.concatenate(chunks) if chunks else np.zeros(0, np.float32) for track, chunks in self._pending.items()}
+        taken = {
+            track: np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+            for track, chunks in self._pending.items()
+        }
         self._pending = {"input": [], "output": []}
         self._pending_samples = 0
         return taken

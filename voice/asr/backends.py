@@ -79,16 +79,22 @@ class OpenAICompatibleBackend:
                 **options,
             )
         except openai.APITimeoutError as exc:
-            raise TranscriptionError("asr_timeout", f"The ASR service did not answer within {timeout:g}s.", retryable=True) from exc
+            raise TranscriptionError(
+                "asr_timeout", f"The ASR service did not answer within {timeout:g}s.", retryable=True
+            ) from exc
         except openai.APIStatusError as exc:
             retryable = exc.status_code >= 500 or exc.status_code == 429
             raise TranscriptionError(
                 "asr_http_error", f"The ASR service answered HTTP {exc.status_code}: {exc.message}", retryable=retryable
             ) from exc
         except openai.APIConnectionError as exc:
-            raise TranscriptionError("asr_unreachable", f"The ASR service is unreachable: {exc}", retryable=True) from exc
+            raise TranscriptionError(
+                "asr_unreachable", f"The ASR service is unreachable: {exc}", retryable=True
+            ) from exc
         except (openai.APIResponseValidationError, ValueError, TypeError) as exc:  # not the JSON the API promises
-            raise TranscriptionError("asr_bad_response", f"The ASR service's answer is unusable: {exc}", retryable=False) from exc
+            raise TranscriptionError(
+                "asr_bad_response", f"The ASR service's answer is unusable: {exc}", retryable=False
+            ) from exc
         text = getattr(answer, "text", None)
         if not isinstance(text, str):
             raise TranscriptionError("asr_bad_response", "The ASR service's answer has no text.", retryable=False)

@@ -31,7 +31,9 @@ class EventFactory:
         return self._event("session.updated", session=render(session, self.dialect))
 
     def conversation_created(self, conversation_id: str) -> dict[str, Any]:
-        return self._event("conversation.created", conversation={"id": conversation_id, "object": "realtime.conversation"})
+        return self._event(
+            "conversation.created", conversation={"id": conversation_id, "object": "realtime.conversation"}
+        )
 
     def error(self, exc: ProtocolError, client_event_id: str | None) -> dict[str, Any]:
         return self._event(
