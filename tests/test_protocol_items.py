@@ -182,6 +182,47 @@ def test_truncate_during_a_response_stores_the_heard_text_when_it_ends(dialect: 
     assert done.events[-1]["response"]["output"][0]["content"][0]["transcript"] == "Hello"
 
 
+@BOTH
+def test_a_stored_item_carries_no_server_bookkeeping(dialect: Dialect) -> None:
+    client = ProtocolClient(dialect)
+    item_id, effects = client.completed_response("Hello", " there")
+    entry = client.session.conversation.entry(item_id, "invalid_value", "reading")
+    # What truncation needs lives beside the item, not inside the dict the client is sent.
+    assert (entry.audio_ms, entry.pieces, entry.heard) == (400, [(0, "Hello"), (1, " there")], None)
+    retrieved = client.send({"type": "conversation.item.retrieve", "item_id": item_id}).events[0]["item"]
+    assert retrieved == entry.item == effects.events[-1]["response"]["output"][0]
+    assert set(entry.item) == {"id", "type", "role", "status", "content", "object"}
+    client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 80})
+    assert entry.heard == "Hello" and entry.item["content"][0]["transcript"] == "Hello"
+    assert set(entry.item) == {"id", "type", "role", "status", "content", "object"}
+
+
+@BOTH
+def test_truncate_during_a_response_then_delete_still_stores_the_heard_text(dialect: Dialect) -> None:
+    client = ProtocolClient(dialect)
+    item_id = client.send({"type": "response.create"}).events[1]["item"]["id"]
+    client.speak("Hello", " there")
+    client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 80})
+    client.send({"type": "conversation.item.delete", "item_id": item_id})
+    done = client.speak(" friend", quiet_frames=3)
+    [record] = stored(done)
+    assert (record.item_id, record.text) == (item_id, "Hello")
+    assert done.events[-1]["response"]["output"][0]["content"][0]["transcript"] == "Hello"
+
+
+def test_an_item_created_again_under_a_deleted_id_keeps_nothing_of_the_old_one() -> None:
+    client = ProtocolClient()
+    item = {"type": "message", "role": "assistant", "content": [{"type": "output_audio", "transcript": "Old."}]}
+    client.send({"type": "conversation.item.create", "item": {**item, "id": "msg_a"}})
+    client.send({"type": "conversation.item.truncate", "item_id": "msg_a", "content_index": 0, "audio_end_ms": 0})
+    client.send({"type": "conversation.item.delete", "item_id": "msg_a"})
+    again = {**item, "id": "msg_a", "content": [{"type": "output_audio", "transcript": "New."}]}
+    [record] = stored(client.send({"type": "conversation.item.create", "item": again}))
+    assert record.text == "New."  # not the heard text ("") of the deleted item's truncation
+    retrieved = client.send({"type": "conversation.item.retrieve", "item_id": "msg_a"}).events[0]["item"]
+    assert retrieved["content"][0]["transcript"] == "New."
+
+
 def test_truncating_a_text_response_keeps_its_text_part_valid() -> None:
     client = ProtocolClient()
     opened = client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})

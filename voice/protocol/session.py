@@ -5,12 +5,15 @@ to send, audio frames for the model, and records to store. `receive` never raise
 given: every ProtocolError (input checked by type before use, see validation.py; a budget of
 limits.py exceeded) becomes an `error` event naming the offending client event, anything else a
 generic `server_error` (and a logged traceback), and the session goes on.
+
+Why it exists: it is the one place that decides *when* things happen (an event is accepted, a turn
+ends, a response opens or closes). What an item holds lives in conversation.py, what a response
+holds and what opening or closing one sends in responses.py, the checks in validation.py and
+limits.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import logging
 import time
@@ -22,8 +25,8 @@ import numpy as np
 import pydantic
 
 from . import client_events, limits, records, session_config, validation
-from .audio import FRAME_MS, SAMPLE_RATE, FrameAssembler, decode_pcm16, encode_pcm16, rms
-from .conversation import Conversation
+from .audio import SAMPLE_RATE, FrameAssembler, decode_pcm16, rms
+from .conversation import Conversation, client_item, user_audio_item
 from .dialect import Dialect
 from .effects import Effects, TranscriptionRequest
 from .errors import ProtocolError
@@ -32,14 +35,12 @@ from .ids import new_id
 from .input_buffer import InputAudioBuffer
 from .limits import SessionLimits, TokenBucket
 from .records import TranscriptionOutcome
-from .responses import Response, ResponsePolicy
+from .responses import Response, ResponsePolicy, check_request, close_response, open_response, output_events
 from .turn_detection import TurnDetector
 
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
-# Ids a client gives its items are stored in a column of this size (transcripts.models).
-MAX_ITEM_ID_LENGTH = 64
 
 # Settings that are accepted and reflected but that Moshi cannot act on; logged once per process.
 _IGNORED_SETTINGS: set[str] = set()
@@ -85,9 +86,6 @@ class RealtimeSession:
         self._speech_start_ms = 0
         self._answer_after_response = False
         self.input_audio = InputAudioBuffer()
-        self._positions = 0
-        # Text of responses whose audio the client truncated, so their stored text is what was heard.
-        self._heard: dict[str, str] = {}
         self._handlers: dict[str, Handler] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -172,22 +170,14 @@ class RealtimeSession:
         if response is None or (pcm is None and text is None):
             return effects
         active = text is not None or (pcm is not None and rms(pcm) > self.policy.activity_rms)
-        if response.audio and pcm is not None:
-            effects.events.append(self.events.audio_delta(response.ref, encode_pcm16(pcm)))
-        if text:
-            response.text_tokens += 1
-            response.pieces.append((response.frames, text))
-            if response.audio:
-                effects.events.append(self.events.transcript_delta(response.ref, text))
-            else:
-                effects.events.append(self.events.text_delta(response.ref, text))
+        effects.events.extend(output_events(self.events, response, text, pcm))
         if response.observe(active, self.policy) or response.over_time_limit(self.policy):
             effects.extend(self._close_response("completed", None))
         elif response.over_token_budget():
             effects.extend(self._close_response("incomplete", "max_output_tokens"))
         if self.response is None and self._answer_after_response:
             self._answer_after_response = False
-            effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
+            effects.extend(self._open_response({}))
         return effects
 
     def _detect_turns(self, speech: Sequence[float]) -> Effects:
@@ -211,7 +201,7 @@ class RealtimeSession:
             )
             if turn.get("create_response", True):
                 if self.response is None:
-                    effects.extend(self._open_response(metadata=None, conversation=True, overrides={}))
+                    effects.extend(self._open_response({}))
                 else:  # a response goes on (interrupt_response false): answer this turn after it
                     self._answer_after_response = True
         return effects
@@ -226,8 +216,6 @@ class RealtimeSession:
     def wants_output(self) -> bool:
         """True while a response is open: the model must keep stepping even without client audio."""
         return self.response is not None
-
-    # --- parsing ------------------------------------------------------------------------------
 
     # --- session ------------------------------------------------------------------------------
 
@@ -286,19 +274,11 @@ class RealtimeSession:
 
     def _commit_user_audio(self, item_id: str, audio: np.ndarray) -> Effects:
         """A user turn becomes an item: committed, the item entering the conversation, transcription."""
-        buffered_ms = audio.size * 1000 // SAMPLE_RATE
-        item = {
-            "id": item_id,
-            "type": "message",
-            "role": "user",
-            "status": "completed",
-            "content": [{"type": "input_audio", "transcript": None}],
-            "object": "realtime.item",
-        }
+        item = user_audio_item(item_id)
         previous = self.conversation.insert(item)  # the server's item: the oldest leaves when full
         effects = Effects(events=[self.events.input_audio_buffer_committed(item_id, previous)])
         effects.events.extend(self.events.item_entered(item, previous))
-        effects.records.append(self._item_record(item, audio_ms=buffered_ms))
+        effects.records.append(self.conversation.record(item, audio_ms=audio.size * 1000 // SAMPLE_RATE))
         transcription = self.config["audio"]["input"]["transcription"]
         if transcription is not None and audio.size:
             effects.transcriptions.append(
@@ -316,11 +296,7 @@ class RealtimeSession:
         """The ASR service's text for a user item: the event, the item's transcript, the record."""
         if result.error is None:
             event = self.events.transcription_completed(result.item_id, result.text, result.audio_seconds)
-            with contextlib.suppress(ProtocolError):  # the client may have deleted the item meanwhile
-                item = self.conversation.get(result.item_id, "invalid_value", "transcribing")
-                for part in item.get("content", []):
-                    if part.get("type") == "input_audio":
-                        part["transcript"] = result.text
+            self.conversation.transcribed(result.item_id, result.text)
         else:
             event = self.events.transcription_failed(result.item_id, result.error_code, result.error)
         return Effects(events=[event], records=[result])
@@ -334,21 +310,11 @@ class RealtimeSession:
     # --- conversation items -------------------------------------------------------------------
 
     def _item_create(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
-        item = dict(event["item"])
-        if not item.get("id"):
-            item["id"] = new_id("item")
-        if len(item["id"]) > MAX_ITEM_ID_LENGTH:
-            raise validation.string_too_long(("item", "id"), item["id"], MAX_ITEM_ID_LENGTH)
-        # Filled in as OpenAI does, where the item's type has the field (MCP items have neither).
         declared = type(getattr(model, "item", None)).model_fields if model is not None else {}
-        if "object" in declared:
-            item.setdefault("object", "realtime.item")
-        if "status" in declared:
-            item.setdefault("status", "completed")
-        limits.check_item_text(item, self.limits)
+        item = client_item(event["item"], declared, self.limits)
         previous = self.conversation.insert(item, event.get("previous_item_id"), from_client=True)
         effects = Effects(events=self.events.item_entered(item, previous))
-        effects.records.append(self._item_record(item))
+        effects.records.append(self.conversation.record(item))
         return effects
 
     def _item_retrieve(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
@@ -359,39 +325,16 @@ class RealtimeSession:
 
     def _item_truncate(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         item_id = event["item_id"]
-        item = self.conversation.get(item_id, "item_truncate_invalid_item_id", "truncating")
-        if item.get("role") != "assistant":
-            raise ProtocolError("invalid_value", "Only assistant message items can be truncated.", param="item_id")
-        if event["content_index"] != 0:
-            raise ProtocolError(
-                "invalid_value", "Invalid value for 'content_index': this item has one part.", param="content_index"
-            )
-        audio_end_ms: int = event["audio_end_ms"]  # an integer: checked by client_events.validate
-        response = self.response if self.response and self.response.item_id == item_id else None
-        audio_ms = response.audio_ms if response else int(item.get("_audio_ms", 0))
-        if audio_end_ms < 0 or audio_end_ms > audio_ms:
-            raise ProtocolError(
-                "invalid_value",
-                f"Audio content of {audio_ms}ms is shorter than {audio_end_ms}ms.",
-                param="audio_end_ms",
-            )
-        if response is not None:
-            heard = response.heard_text(audio_end_ms)
-        else:
-            heard = self._heard_text(item, audio_end_ms)
-        self._heard[item_id] = heard
-        for part in item.get("content", []):
-            if "transcript" in part:
-                part["transcript"] = heard
+        entry = self.conversation.entry(item_id, "item_truncate_invalid_item_id", "truncating")
+        live = self.response if self.response is not None and self.response.item_id == item_id else None
+        # Checked types (client_events.validate): content_index and audio_end_ms are integers.
+        heard = entry.truncate(event["content_index"], event["audio_end_ms"], live)
+        if live is not None:
+            live.heard = heard  # its final item and its record say what the client heard
         return Effects(
-            events=[self.events.item_truncated(item_id, 0, audio_end_ms)],
-            records=[records.ItemTruncated(item_id=item_id, audio_end_ms=audio_end_ms, heard_text=heard)],
+            events=[self.events.item_truncated(item_id, 0, event["audio_end_ms"])],
+            records=[records.ItemTruncated(item_id=item_id, audio_end_ms=event["audio_end_ms"], heard_text=heard)],
         )
-
-    @staticmethod
-    def _heard_text(item: dict[str, Any], audio_end_ms: int) -> str:
-        pieces: list[tuple[int, str]] = item.get("_pieces", [])
-        return "".join(text for frame, text in pieces if frame * FRAME_MS < audio_end_ms)
 
     def _item_delete(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         self.conversation.delete(event["item_id"])
@@ -399,58 +342,12 @@ class RealtimeSession:
             events=[self.events.item_deleted(event["item_id"])], records=[records.ItemDeleted(event["item_id"])]
         )
 
-    def _item_record(
-        self, item: dict[str, Any], *, audio_ms: int = 0, response_id: str | None = None
-    ) -> records.ItemStored:
-        self._positions += 1
-        content = [dict(part) for part in item.get("content", [])]
-        # Stored exactly as streamed (leading spaces included): the record is what was said.
-        texts = [str(part.get("text") or part.get("transcript") or "") for part in content]
-        text = " ".join(t for t in texts if t) or str(item.get("output") or item.get("arguments") or "")
-        return records.ItemStored(
-            item_id=item["id"],
-            item_type=item.get("type", "message"),
-            role=item.get("role", ""),
-            status=item.get("status", "completed"),
-            text=self._heard.get(item["id"], text),
-            position=self._positions,
-            response_id=response_id,
-            audio_ms=audio_ms,
-            content=content,
-        )
-
     # --- responses ----------------------------------------------------------------------------
 
     def _response_create(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
-        if self.response is not None:
-            raise ProtocolError(
-                "conversation_already_has_active_response",
-                f"Conversation already has an active response in progress: {self.response.id}. "
-                "Wait until the response is finished before creating a new one.",
-            )
         params = event.get("response") or {}
-        if params.get("tool_choice") == "required":
-            raise ProtocolError(
-                "invalid_value",
-                "tool_choice 'required' cannot be honoured: Moshi does not call tools.",
-                param="response.tool_choice",
-            )
-        for key in ("max_output_tokens", "max_response_output_tokens"):
-            tokens = params.get(key, "inf")
-            if tokens != "inf" and not 1 <= tokens <= 4096:
-                raise ProtocolError(
-                    "invalid_value",
-                    f"Invalid value for 'response.{key}': expected an integer from 1 to 4096 or 'inf'.",
-                    param=f"response.{key}",
-                )
-        limits.check_instructions(params.get("instructions"), self.limits, "response.instructions")
-        limits.check_tools(params.get("tools"), self.limits, "response.tools")
-        limits.check_metadata(params.get("metadata"), self.limits, "response.metadata")
-        return self._open_response(
-            metadata=params.get("metadata"),
-            conversation=params.get("conversation", "auto") != "none",
-            overrides=params,
-        )
+        check_request(params, self.response, self.limits)
+        return self._open_response(params)
 
     def _response_cancel(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         wanted = event.get("response_id")
@@ -458,63 +355,11 @@ class RealtimeSession:
             raise ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found")
         return self._close_response("cancelled", "client_cancelled")
 
-    def _open_response(
-        self, *, metadata: dict[str, Any] | None, conversation: bool, overrides: dict[str, Any]
-    ) -> Effects:
-        modalities = (
-            overrides.get("output_modalities") or overrides.get("modalities") or self.config["output_modalities"]
-        )
-        response = Response(
-            dialect=self.dialect,
-            audio="audio" in modalities,
-            conversation_id=self.conversation_id if conversation else None,
-            metadata=metadata,
-            max_output_tokens=overrides.get(
-                "max_output_tokens", overrides.get("max_response_output_tokens", self.config["max_output_tokens"])
-            ),
-            session=self.config,
-        )
-        self.response = response
-        item = response.item("in_progress")
-        effects = Effects(events=[self.events.response_created(response.body("in_progress", None, []))])
-        effects.events.append(self.events.output_item_added(response.id, 0, item))
-        if conversation:
-            previous = self.conversation.insert(item)
-            effects.events.extend(self.events.item_entered(item, previous))
-        effects.events.append(self.events.content_part(False, response.ref, response.part(final=False)))
-        return effects
+    def _open_response(self, params: dict[str, Any]) -> Effects:
+        self.response = Response.requested(params, self.config, self.dialect, self.conversation_id)
+        return open_response(self.events, self.conversation, self.response)
 
     def _close_response(self, status: str, reason: str | None) -> Effects:
-        response = self.response
+        response, self.response = self.response, None
         assert response is not None
-        self.response = None
-        ref = response.ref
-        events: list[dict[str, Any]] = []
-        if response.audio:
-            events.append(self.events.audio_done(ref))
-            events.append(self.events.transcript_done(ref, response.transcript))
-        else:
-            events.append(self.events.text_done(ref, response.transcript))
-        events.append(self.events.content_part(True, ref, response.part(final=True)))
-        item = response.item("completed" if status == "completed" else "incomplete")
-        if response.item_id in self._heard:
-            for part in item["content"]:
-                if "transcript" in part:
-                    part["transcript"] = self._heard[response.item_id]
-        in_conversation = response.conversation_id is not None and response.item_id in self.conversation
-        previous = None
-        if in_conversation:
-            stored = self.conversation.get(response.item_id, "invalid_value", "finishing")
-            stored.clear()
-            stored.update(copy.deepcopy(item))  # a later truncation must not rewrite the events below
-            previous = self.conversation.previous_id(response.item_id)
-            events.extend(self.events.item_done(self.conversation.snapshot(response.item_id), previous))
-            stored["_audio_ms"] = response.audio_ms
-            stored["_pieces"] = list(response.pieces)
-        events.append(self.events.output_item_done(response.id, 0, item))
-        details = {"type": status, "reason": reason} if status != "completed" else None
-        events.append(self.events.response_done(response.body(status, details, [item])))
-        effects = Effects(events=events)
-        if response.conversation_id is not None:
-            effects.records.append(self._item_record(item, audio_ms=response.audio_ms, response_id=response.id))
-        return effects
+        return close_response(self.events, self.conversation, response, status, reason)
