@@ -2,25 +2,16 @@
 
 openai-agents, pipecat and LiveKit Agents speak GA only; each field and event here is one they
 send or wait for (see the README's framework section). Every event received is validated strictly
-against the SDK's models, which also proves no event outside the dialect's union is sent.
+against the SDK's models, which also proves no event outside the dialect's union is sent. The
+server and the socket come from tests/e2e_support.py, shared with tests/test_e2e_sdk.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from typing import Any
-
-import pytest
-import websockets
-
-from voice.protocol import Dialect
 from voice.testing.live_server import LiveServer
 
-from .conftest import TIMEOUT
-from .strict import strict
+from .e2e_support import ga_socket, live_server_fixture
+from .e2e_support import server_alive as server_alive  # autouse: each test first checks that daphne runs
 
 # What LiveKit, openai-agents and pipecat send in session.update, merged (README, frameworks).
 FRAMEWORK_SESSION = {
@@ -49,46 +40,7 @@ FRAMEWORK_SESSION = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("contract"), {"RESPONSE_MAX_MS": "800"})
-    live.start(timeout=TIMEOUT * 6)
-    try:
-        yield live
-    finally:
-        live.stop()
-
-
-class Socket:
-    def __init__(self, ws: websockets.ClientConnection) -> None:
-        self.ws = ws
-
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(event))
-
-    async def recv(self) -> dict[str, Any]:
-        event = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
-        strict(event, Dialect.GA)
-        return event
-
-    async def until(self, event_type: str) -> list[dict[str, Any]]:
-        events = []
-        while not events or events[-1]["type"] != event_type:
-            events.append(await self.recv())
-        return events
-
-
-@asynccontextmanager
-async def ga_socket(server: LiveServer, query: str = "?model=gpt-realtime") -> AsyncIterator[Socket]:
-    """No subprotocol offered, permessage-deflate offered, a Bearer key: as the frameworks connect."""
-    async with websockets.connect(
-        f"{server.ws_url}/v1/realtime{query}",
-        additional_headers={"Authorization": "Bearer any-key"},
-        compression="deflate",
-    ) as ws:
-        socket = Socket(ws)
-        assert (await socket.recv())["type"] == "session.created"
-        yield socket
+server = live_server_fixture("contract", {"RESPONSE_MAX_MS": "800"})
 
 
 async def test_every_framework_setting_is_accepted_and_reflected(server: LiveServer) -> None:
@@ -151,9 +103,9 @@ async def test_greeting_kickoff_and_the_active_response_error(server: LiveServer
         assert created["type"] == "response.created"
         assert created["response"]["metadata"] == {"client_event_id": "response_create_1"}
         await socket.send({"type": "response.create", "event_id": "response_create_2"})
-        error = (await socket.until("error"))[-1]["error"]
+        error = (await socket.recv_until("error"))[-1]["error"]
         assert error["code"] == "conversation_already_has_active_response" and error["event_id"] == "response_create_2"
-        events = await socket.until("response.done")
+        events = await socket.recv_until("response.done")
         assert all(
             e.get("response", {}).get("id", created["response"]["id"]) == created["response"]["id"] for e in events
         )
@@ -163,11 +115,11 @@ async def test_greeting_kickoff_and_the_active_response_error(server: LiveServer
 async def test_items_keep_client_ids_through_retrieve_truncate_and_delete(server: LiveServer) -> None:
     async with ga_socket(server) as socket:
         await socket.send({"type": "response.create"})
-        events = await socket.until("response.done")
+        events = await socket.recv_until("response.done")
         assistant_id = events[-1]["response"]["output"][0]["id"]
         audio_ms = 80 * sum(e["type"] == "response.output_audio.delta" for e in events)
         await socket.send({"type": "conversation.item.retrieve", "item_id": assistant_id})
-        retrieved = (await socket.until("conversation.item.retrieved"))[-1]
+        retrieved = (await socket.recv_until("conversation.item.retrieved"))[-1]
         assert retrieved["item"]["id"] == assistant_id
         await socket.send(
             {
@@ -177,7 +129,7 @@ async def test_items_keep_client_ids_through_retrieve_truncate_and_delete(server
                 "audio_end_ms": audio_ms // 2,
             }
         )
-        truncated = (await socket.until("conversation.item.truncated"))[-1]
+        truncated = (await socket.recv_until("conversation.item.truncated"))[-1]
         assert truncated["audio_end_ms"] == audio_ms // 2
         await socket.send(
             {
@@ -191,11 +143,11 @@ async def test_items_keep_client_ids_through_retrieve_truncate_and_delete(server
                 },
             }
         )
-        assert (await socket.until("conversation.item.done"))[-1]["item"]["id"] == "history_1"
+        assert (await socket.recv_until("conversation.item.done"))[-1]["item"]["id"] == "history_1"
         await socket.send({"type": "conversation.item.delete", "item_id": "history_1"})
-        assert (await socket.until("conversation.item.deleted"))[-1]["item_id"] == "history_1"
+        assert (await socket.recv_until("conversation.item.deleted"))[-1]["item_id"] == "history_1"
         await socket.send({"type": "conversation.item.retrieve", "item_id": "history_1", "event_id": "r1"})
-        error = (await socket.until("error"))[-1]["error"]
+        error = (await socket.recv_until("error"))[-1]["error"]
         assert error["code"] == "item_retrieve_invalid_item_id" and error["event_id"] == "r1"
 
 
