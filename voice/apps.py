@@ -42,20 +42,20 @@ class VoiceConfig(AppConfig):
 def load_models() -> None:
     """Create the process's ModelManager from settings; a model that fails to load stops start-up."""
     from . import metrics
-    from .conf import demo_dir, get_config
+    from .conf import demo_dir, get_config, model_references
     from .engine.manager import ManagerConfig, ModelLoadError, install_manager
 
     config = get_config()
     manager_config = ManagerConfig(
-        models={"sft": config["SFT_MODEL"], "base": config["BASE_MODEL"], "pretrain": config["PRETRAIN_MODEL"]},
+        models=model_references(),
         demo_dir=demo_dir(),
         device=config["DEVICE"],
-        max_sessions=int(config["MAX_SESSIONS"]),
-        tick_ms=float(config["TICK_MS"]),
-        inbox_frames=int(config["INPUT_QUEUE_FRAMES"]),
-        compile=str(config["TORCH_COMPILE"]),
-        seed=int(config["SEED"]),
-        engine=str(config["ENGINE"]),
+        max_sessions=config["MAX_SESSIONS"],
+        tick_ms=config["TICK_MS"],
+        inbox_frames=config["INPUT_QUEUE_FRAMES"],
+        compile=config["TORCH_COMPILE"],
+        seed=config["SEED"],
+        engine=config["ENGINE"],
         on_step=metrics.observe_step,
     )
     try:

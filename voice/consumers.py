@@ -19,11 +19,12 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from .auth import presented_key
+from .engine import DEFAULT_MODEL_TYPE
 from .protocol import Dialect
 from .protocol.errors import ProtocolError
 from .protocol.events import EventFactory
 from .runtime.session import INTERNAL_ERROR_MESSAGE, Handshake, SessionRuntime, open_session
-from .runtime.transport import CLOSE_NORMAL, CLOSE_SERVER_ERROR, SCOPE_KEY, DaphneLink, private_twin
+from .runtime.transport import CLOSE_SERVER_ERROR, SCOPE_KEY, DaphneLink, private_twin
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         handshake = Handshake(
             dialect=self.dialect,
             presented_key=presented_key(headers, subprotocols),
-            model_type=query.get("model_type", ["sft"])[0],
+            model_type=query.get("model_type", [DEFAULT_MODEL_TYPE])[0],
             requested_model=query.get("model", [""])[0],
             client_address=f"{client[0]}:{client[1]}" if client[0] else "",
         )
@@ -153,4 +154,4 @@ class UnknownPathConsumer(AsyncWebsocketConsumer):
         await super().close()
 
 
-__all__ = ["CLOSE_NORMAL", "RealtimeConsumer", "UnknownPathConsumer"]
+__all__ = ["RealtimeConsumer", "UnknownPathConsumer"]

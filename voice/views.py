@@ -40,7 +40,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     REALTIME_METRICS_TOKEN set: `Authorization: Bearer <token>` is required (401 otherwise). Not set:
     403 with a word on what to set, except under DEBUG, where /metrics stays open for local use.
     """
-    token = str(get_config()["METRICS_TOKEN"])
+    token = get_config()["METRICS_TOKEN"]
     if not token:
         if not settings.DEBUG:
             return HttpResponse(

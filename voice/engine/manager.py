@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import DEFAULT_MODEL_TYPE, MODEL_TYPES
 from .batched import BatchedEngine
 from .checkpoint import ModelLoadError, load_model, resolve_device
 from .demo_checkpoint import write_demo_checkpoint
@@ -22,8 +23,6 @@ from .serial import SerialPool
 from .slots import Slot
 
 log = logging.getLogger(__name__)
-
-MODEL_TYPES = ("sft", "base", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class ModelManager:
         that silently fell back to another model would answer with the wrong voice.
         """
         references = dict(self.config.models)
-        if not references.get("sft"):
+        if not references.get(DEFAULT_MODEL_TYPE):
             demo = self.config.demo_dir
             if not (demo / "config.json").is_file():
                 log.warning("no SFT_MODEL configured and no demo checkpoint yet: writing one to %s", demo)
@@ -65,7 +64,7 @@ class ModelManager:
             log.warning(
                 "no SFT_MODEL configured: serving the DEMO checkpoint at %s (random weights, its output is noise)", demo
             )
-            references["sft"] = str(demo)
+            references[DEFAULT_MODEL_TYPE] = str(demo)
         compile_models = self.config.compile == "on" or (self.config.compile == "auto" and self.device.type == "cuda")
         for model_type in MODEL_TYPES:
             reference = references.get(model_type)

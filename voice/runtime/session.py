@@ -31,6 +31,7 @@ from ..audio_recording import SessionAudioRecorder
 from ..auth import authenticate, open_endpoint
 from ..conf import get_config
 from ..console.publisher import SessionFacts, SessionPublisher
+from ..engine import DEFAULT_MODEL_TYPE
 from ..engine.manager import get_manager
 from ..engine.slots import EngineFailure, FrameOutput, Slot
 from ..protocol import Dialect, Effects, RealtimeSession, SessionOptions
@@ -74,7 +75,7 @@ class Handshake:
 
     dialect: Dialect
     presented_key: str | None
-    model_type: str = "sft"
+    model_type: str = DEFAULT_MODEL_TYPE
     requested_model: str = ""
     client_address: str = ""
 
@@ -121,7 +122,7 @@ async def open_session(
         )
         return None
     config = get_config()
-    per_key = int(config["MAX_SESSIONS_PER_KEY"])
+    per_key = config["MAX_SESSIONS_PER_KEY"]
     if live_sessions.key_full(api_key["id"] if api_key else None, per_key):
         await refuse(
             "too_many_sessions",
@@ -182,9 +183,9 @@ class SessionRuntime:
                 dialect=handshake.dialect,
                 model_name=model_name,
                 policy=ResponsePolicy(
-                    activity_rms=float(config["RESPONSE_ACTIVITY_RMS"]),
-                    end_silence_ms=int(config["RESPONSE_END_SILENCE_MS"]),
-                    max_ms=int(config["RESPONSE_MAX_MS"]),
+                    activity_rms=config["RESPONSE_ACTIVITY_RMS"],
+                    end_silence_ms=config["RESPONSE_END_SILENCE_MS"],
+                    max_ms=config["RESPONSE_MAX_MS"],
                 ),
                 limits=SessionLimits.from_config(config),
             )
@@ -203,9 +204,9 @@ class SessionRuntime:
         self.transcriber = SessionTranscriber(
             get_backend(),
             self._transcribed,
-            timeout=float(config["ASR_TIMEOUT_S"]),
-            retries=int(config["ASR_RETRIES"]),
-            max_pending=int(config["ASR_MAX_PENDING"]),
+            timeout=config["ASR_TIMEOUT_S"],
+            retries=config["ASR_RETRIES"],
+            max_pending=config["ASR_MAX_PENDING"],
         )
         self.console: SessionPublisher | None = None
         if channel_layer is not None:
@@ -221,7 +222,7 @@ class SessionRuntime:
                     slot=getattr(slot, "index", None),
                 ),
             )
-        self.max_unsent = int(config["MAX_UNSENT_BYTES"])
+        self.max_unsent = config["MAX_UNSENT_BYTES"]
         self.last_heard = time.monotonic()
         self.end_reason = ""  # set once, by whatever ends the session first
         self.ended_by_id: int | None = None  # the staff member who ended it, if one did
@@ -310,7 +311,7 @@ class SessionRuntime:
         if self.end_reason:
             return
         self.last_heard = time.monotonic()
-        if len(text) > int(self.config["MAX_MESSAGE_BYTES"]):
+        if len(text) > self.config["MAX_MESSAGE_BYTES"]:
             limit = self.config["MAX_MESSAGE_BYTES"]
             error = ProtocolError("invalid_event", f"Event is larger than this server's limit of {limit} bytes.")
             await self._send_events([self.session.events.error(error, None)])
@@ -372,7 +373,7 @@ class SessionRuntime:
 
     async def _end_when_idle(self) -> None:
         """End a session whose client has sent nothing for REALTIME_IDLE_TIMEOUT_S, freeing its slot."""
-        timeout = float(self.config["IDLE_TIMEOUT_S"])
+        timeout = self.config["IDLE_TIMEOUT_S"]
         if timeout <= 0:
             return
         while not self.end_reason:
@@ -492,7 +493,7 @@ class SessionRuntime:
             else None
         )
         reason = END_SHUTDOWN if draining else END_CANCELLED
-        grace = float(self.config["SHUTDOWN_GRACE_S"])
+        grace = self.config["SHUTDOWN_GRACE_S"]
         try:
             await asyncio.wait_for(self.end(reason, error, CLOSE_GOING_AWAY if draining else CLOSE_NORMAL), grace)
         except TimeoutError:
@@ -546,7 +547,7 @@ class SessionRuntime:
 
     async def _finish_transcriptions(self) -> None:
         # A turn being transcribed is still stored, within the ASR service's own bounds.
-        limit = float(self.config["ASR_TIMEOUT_S"]) * (int(self.config["ASR_RETRIES"]) + 1)
+        limit = self.config["ASR_TIMEOUT_S"] * (self.config["ASR_RETRIES"] + 1)
         await self.transcriber.finish(timeout=limit)
 
     async def _close_conversation(self) -> None:
