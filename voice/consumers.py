@@ -23,7 +23,8 @@ from .engine import DEFAULT_MODEL_TYPE
 from .protocol import Dialect
 from .protocol.errors import ProtocolError
 from .protocol.events import EventFactory
-from .runtime.session import INTERNAL_ERROR_MESSAGE, Handshake, SessionRuntime, open_session
+from .runtime.admission import open_session
+from .runtime.session import INTERNAL_ERROR_MESSAGE, Handshake, SessionRuntime
 from .runtime.transport import CLOSE_SERVER_ERROR, SCOPE_KEY, DaphneLink, private_twin
 
 log = logging.getLogger(__name__)
