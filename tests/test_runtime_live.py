@@ -12,7 +12,6 @@ import signal
 import socket
 import sqlite3
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from voice.protocol import Dialect
 from voice.testing.live_server import LiveServer
 
 from .conftest import TIMEOUT
+from .e2e_support import live_server_fixture
 from .strict import strict
 
 METRICS_TOKEN = "runtime-test-metrics"
@@ -37,14 +37,7 @@ BASE_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("runtime"), BASE_ENV)
-    live.start(timeout=TIMEOUT * 6)
-    try:
-        yield live
-    finally:
-        live.stop()
+server = live_server_fixture("runtime", BASE_ENV)
 
 
 def metrics(server: LiveServer) -> str:
