@@ -1,4 +1,11 @@
-"""What is kept of each Realtime session: the conversation, its items, transcriptions and configs."""
+"""What is kept of each session: the conversation, its items, transcriptions and configs.
+
+A Realtime session (dialects ``ga`` and ``beta``) stores the protocol's own items. A Live API
+session (dialect ``live``) has no items of its own: its transcript fragments are joined into turns
+(one item per run of one speaker's fragments) and its text appends are items of their own, each
+placed on the session clock (``start_ms`` / ``end_ms``, milliseconds since ``session.start``).
+See transcripts.services for how Live records become rows.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from django.db import models
 
 
 class Conversation(models.Model):
-    """One Realtime session from connect to disconnect."""
+    """One Realtime or Live session from connect to disconnect."""
 
     # The end_reason of a session a staff member ended from the console; ended_by says who.
     ENDED_BY_STAFF = "ended_by_staff"
@@ -15,6 +22,7 @@ class Conversation(models.Model):
     class Dialect(models.TextChoices):
         GA = "ga", "GA"
         BETA = "beta", "beta (realtime=v1)"
+        LIVE = "live", "Live API"
 
     session_id = models.CharField(max_length=64, unique=True)
     conversation_id = models.CharField(max_length=64, db_index=True)
@@ -36,6 +44,18 @@ class Conversation(models.Model):
     started_at = models.DateTimeField(auto_now_add=True, db_index=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=64, blank=True)
+    close_reason = models.CharField(
+        max_length=32,
+        blank=True,
+        verbose_name="Live close reason",
+        help_text="Why the Live session closed, as its session.closed said (close_requested, expired, "
+        "connection_lost, ...); end_reason is why the connection ended.",
+    )
+    usage = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What the session used, stored at its close (Live: seconds and model frames).",
+    )
     ended_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -54,10 +74,17 @@ class Conversation(models.Model):
 
 
 class ConversationItem(models.Model):
-    """A user or assistant turn (or any other item), with the text that was said or heard."""
+    """A user or assistant turn (or any other item), with the text that was said or heard.
+
+    Live items also have their place on the session clock: a turn from its first fragment's start
+    to its last fragment's end, an append at the moment it was accepted.
+    """
 
     # What a content part's text or transcript is stored as: the text itself is kept once, in `text`.
     TEXT_IN_ITEM = "(in item text)"
+    # Live items' types (an append's item_type is its kind: instructions, thinking or commentary).
+    LIVE_TURN = "message"  # one speaker's consecutive transcript fragments; item_id turn_<n>
+    LIVE_SEGMENT = "input_audio_segment"  # a user segment's transcription not (yet) on a turn; item_id seg_...
 
     class Role(models.TextChoices):
         USER = "user", "user"
@@ -75,6 +102,12 @@ class ConversationItem(models.Model):
     response_id = models.CharField(max_length=64, blank=True)
     audio_ms = models.PositiveIntegerField(default=0)
     truncated_at_ms = models.PositiveIntegerField(null=True, blank=True)
+    start_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Live: where the item starts on the session clock (ms since session.start)."
+    )
+    end_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Live: where the item ends on the session clock."
+    )
     deleted = models.BooleanField(default=False, help_text="Deleted from the live conversation by the client.")
     content = models.JSONField(
         default=list,
