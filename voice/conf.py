@@ -194,6 +194,12 @@ VARIABLES: tuple[Variable, ...] = (
         "on SIGTERM, how long live sessions get to be told, stored and closed",
         "SHUTDOWN_GRACE_S",
     ),
+    Variable(
+        "LIVE_MAX_DURATION_S",
+        3600,
+        "a Live API session's longest life: it sets `expires_at`, and the session then closes with reason `expired`",
+        "LIVE_MAX_DURATION_S",
+    ),
     # --- responses ---
     Variable(
         "RESPONSE_ACTIVITY_RMS",

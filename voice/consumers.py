@@ -18,21 +18,23 @@ from urllib.parse import parse_qs
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from .asr import get_backend
 from .auth import presented_key
 from .engine import DEFAULT_MODEL_TYPE
+from .engine.manager import get_manager
 from .protocol import Dialect
 from .protocol.errors import ProtocolError
-from .protocol.events import EventFactory
 from .runtime.admission import open_session
+from .runtime.fronts import Front, LiveFront, RealtimeFront
 from .runtime.session import INTERNAL_ERROR_MESSAGE, Handshake, SessionRuntime
-from .runtime.transport import CLOSE_SERVER_ERROR, SCOPE_KEY, DaphneLink, private_twin
+from .runtime.transport import CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN, SCOPE_KEY, DaphneLink, private_twin
 
 log = logging.getLogger(__name__)
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
     runtime: SessionRuntime | None = None
-    dialect: Dialect = Dialect.GA
+    front: Front = RealtimeFront(Dialect.GA)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
@@ -63,10 +65,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope.get("headers", [])}
         subprotocols: list[str] = self.scope.get("subprotocols", [])
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        self.dialect = Dialect.from_handshake(headers, subprotocols)
+        self.front = self.choose_front(headers, subprotocols)
         client = self.scope.get("client") or ("", 0)
         handshake = Handshake(
-            dialect=self.dialect,
+            front=self.front,
             presented_key=presented_key(headers, subprotocols),
             model_type=query.get("model_type", [DEFAULT_MODEL_TYPE])[0],
             requested_model=query.get("model", [""])[0],
@@ -75,6 +77,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # Echo `realtime` only when offered: the Python SDK offers none and fails on an unasked one.
         await self.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
         self.runtime = await open_session(handshake, self, self.channel_layer, self.channel_name)
+
+    def choose_front(self, headers: dict[str, str], subprotocols: list[str]) -> Front:
+        """The Realtime protocol, in the dialect the client asked for (beta: OpenAI-Beta realtime=v1)."""
+        return RealtimeFront(Dialect.from_handshake(headers, subprotocols))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.runtime is None:
@@ -119,7 +125,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _fail_without_session(self) -> None:
         error = ProtocolError("server_error", INTERNAL_ERROR_MESSAGE, type="server_error")
         try:
-            await self.send_text(json.dumps(EventFactory(self.dialect).error(error, None)))
+            await self.send_text(json.dumps(self.front.error_event(error)))
             await self.close(CLOSE_SERVER_ERROR)
         except Exception:  # noqa: BLE001 - nothing more can be done for this connection
             log.debug("could not report the failure to the client", exc_info=True)
@@ -145,14 +151,36 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.runtime.key_revoked()
 
 
+class LiveConsumer(RealtimeConsumer):
+    """The WebSocket at /v1/live/sessions: OpenAI's Live API on the same runtime.
+
+    The client sends nothing in the URL (the model comes with session.start), so the session holds
+    a slot of the default model from the handshake on, and moves to another model's slot if its
+    session.start names one (SessionRuntime._switch_model).
+    """
+
+    def choose_front(self, headers: dict[str, str], subprotocols: list[str]) -> Front:
+        manager = get_manager()
+        names = {manager.model_name(kind): kind for kind in manager.engines} if manager is not None else {}
+        return LiveFront(server_models=names, transcribe=get_backend().enabled)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:  # type: ignore[override]
+        """Live clients read the standard codes (1011 and 1013 ask them to reconnect): send those,
+        not the private-range twins the Realtime endpoint documents."""
+        if code in (CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN):
+            code = int(code) - 3000
+        await super().close(code, reason)
+
+
 class UnknownPathConsumer(AsyncWebsocketConsumer):
-    """Any WebSocket path but /v1/realtime: refuse the handshake (HTTP 403), log the path once."""
+    """Any other WebSocket path: refuse the handshake (HTTP 403), log the path once."""
 
     async def connect(self) -> None:
         log.warning(
-            "refused a WebSocket connection to unknown path %r (the endpoint is /v1/realtime)", self.scope["path"][:200]
+            "refused a WebSocket connection to unknown path %r (the endpoints are /v1/realtime and /v1/live/sessions)",
+            self.scope["path"][:200],
         )
         await super().close()
 
 
-__all__ = ["RealtimeConsumer", "UnknownPathConsumer"]
+__all__ = ["LiveConsumer", "RealtimeConsumer", "UnknownPathConsumer"]

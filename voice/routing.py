@@ -8,10 +8,11 @@ deserves a plain refusal instead.
 from django.urls import re_path
 
 from .console.consumers import ConsoleConsumer
-from .consumers import RealtimeConsumer, UnknownPathConsumer
+from .consumers import LiveConsumer, RealtimeConsumer, UnknownPathConsumer
 
 websocket_urlpatterns = [
     re_path(r"^v1/realtime/?$", RealtimeConsumer.as_asgi()),
+    re_path(r"^v1/live/sessions/?$", LiveConsumer.as_asgi()),  # OpenAI's Live API
     re_path(r"^console/live/?$", ConsoleConsumer.as_asgi()),  # staff console; before the catch-all
     re_path(r"", UnknownPathConsumer.as_asgi()),
 ]

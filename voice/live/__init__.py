@@ -6,7 +6,9 @@ front end shares the Realtime one's connection runtime and is tested without a s
 See docs/live-api.md.
 """
 
-from .config import LIVE_MODELS, MODEL_TYPES, LiveOptions
+from voice.engine import MODEL_TYPES  # named once, for the engine and both protocols
+
+from .config import LIVE_MODELS, LiveOptions
 from .session import LiveSession
 
 __all__ = ["LIVE_MODELS", "MODEL_TYPES", "LiveOptions", "LiveSession"]

@@ -25,7 +25,6 @@ from voice.protocol.responses import ResponsePolicy
 
 from .audio import SUPPORTED_RATES, AudioFormat
 
-MODEL_TYPES = ("sft", "base", "pretrain")
 # OpenAI's Live model names, served by Moshi's instruction-following (SFT) checkpoint.
 LIVE_MODELS: Mapping[str, str] = {"gpt-live-1": "sft", "gpt-live-1.1": "sft"}
 BUILT_IN_VOICES = frozenset(typing.get_args(BuiltInVoice))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from voice.protocol.audio import FRAME_MS, FrameAssembler
+from voice.protocol.audio import FRAME_MS, FRAME_SAMPLES, FrameAssembler
 from voice.protocol.effects import Effects, TranscriptionRequest
 from voice.protocol.errors import ProtocolError
 from voice.protocol.ids import new_id
@@ -105,6 +105,11 @@ class LiveSession:
         """From session.start to the close the model steps every frame, on silence if need be."""
         return self.started and not self.closed
 
+    @property
+    def responding(self) -> bool:
+        """The model is speaking (its output is not the silence gate's zeros): the console's state."""
+        return self._gate.speaking
+
     def start(self) -> Effects:
         """The Live API says nothing before the client's `session.start`."""
         return Effects()
@@ -188,9 +193,10 @@ class LiveSession:
         effects.records.insert(0, outcome)
         return effects
 
-    def input_dropped(self, frames: int) -> None:
-        """Client frames the model never got (its inbox was full): the ASR must not get them either."""
-        for _ in range(min(frames, len(self._heard))):
+    def input_dropped(self, samples: int) -> None:
+        """Client audio the model never got (its inbox was full), in 24 kHz samples as the Realtime
+        session counts it: the ASR must not get those frames either."""
+        for _ in range(min(samples // FRAME_SAMPLES, len(self._heard))):
             self._heard.pop()
 
     def expire(self) -> Effects:

@@ -80,6 +80,7 @@ class RealtimeSession:
         self._bucket = TokenBucket(rate, 2 * rate, options.now)
         self._configs_stored = 0
         self.response: Response | None = None
+        self.close_code: int | None = None  # the runtime's close signal; a Realtime session never sets it
         self._frames = FrameAssembler()
         self.turns = TurnDetector()
         self._speech_item_id: str | None = None
@@ -267,6 +268,11 @@ class RealtimeSession:
         does not commit a second (empty) item later."""
         self.turns.speaking = False
         self._speech_item_id = None
+
+    @property
+    def responding(self) -> bool:
+        """A response is open (the console shows the session as responding)."""
+        return self.response is not None
 
     def input_dropped(self, samples: int) -> None:
         """Frames the model never got (input queue full): they leave the audio clock too."""

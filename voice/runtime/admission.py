@@ -16,7 +16,6 @@ from ..auth import authenticate, open_endpoint
 from ..conf import get_config
 from ..engine.manager import get_manager
 from ..protocol.errors import ProtocolError
-from ..protocol.events import EventFactory
 from .live import live_sessions
 from .session import END_SERVER_ERROR, INTERNAL_ERROR_MESSAGE, Handshake, SessionRuntime
 from .transport import CLOSE_AUTH, CLOSE_POLICY, CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN, Transport
@@ -29,12 +28,11 @@ async def open_session(
 
     A refusal is an `error` event and a close, before any session state exists.
     """
-    events = EventFactory(handshake.dialect)
 
     async def refuse(code: str, message: str, close_code: int, error_type: str, param: str | None = None) -> None:
         metrics.SESSIONS_REFUSED.labels(code).inc()
         error = ProtocolError(code, message, param=param, type=error_type)
-        await transport.send_text(json.dumps(events.error(error, None)))
+        await transport.send_text(json.dumps(handshake.front.error_event(error)))
         await transport.close(close_code, f"{error_type}.{code}"[:120])
 
     loop_monitor.watch_running_loop()

@@ -30,20 +30,16 @@ from ..asr import get_backend
 from ..audio_recording import SessionAudioRecorder
 from ..console.publisher import SessionFacts, SessionPublisher
 from ..engine import DEFAULT_MODEL_TYPE
+from ..engine.manager import get_manager
 from ..engine.slots import EngineFailure, FrameOutput, Slot
-from ..protocol import Dialect, Effects, RealtimeSession, SessionOptions
+from ..protocol import Effects
 from ..protocol.errors import ProtocolError
-from ..protocol.limits import SessionLimits
 from ..protocol.records import TranscriptionOutcome
-from ..protocol.responses import ResponsePolicy
 from ..recorder import SessionRecorder
 from ..transcriber import SessionTranscriber
+from .fronts import Front, ProtocolSession
 from .live import key_group, live_sessions
-from .transport import (
-    CLOSE_GOING_AWAY,
-    CLOSE_NORMAL,
-    Transport,
-)
+from .transport import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TRY_AGAIN, Transport
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +55,14 @@ END_NOT_READING = "client_not_reading"
 END_SHUTDOWN = "server_shutdown"
 END_SERVER_ERROR = "server_error"
 END_CANCELLED = "cancelled"
+END_SERVER_BUSY = "server_busy"
 
 
 @dataclass(frozen=True)
 class Handshake:
     """What a front end learnt from the connection request."""
 
-    dialect: Dialect
+    front: Front  # which protocol: RealtimeFront(dialect) or LiveFront
     presented_key: str | None
     model_type: str = DEFAULT_MODEL_TYPE
     requested_model: str = ""
@@ -92,22 +89,12 @@ class SessionRuntime:
         self.layer = channel_layer
         self.channel_name = channel_name
         self.config = config
-        self.session = RealtimeSession(
-            SessionOptions(
-                dialect=handshake.dialect,
-                model_name=model_name,
-                policy=ResponsePolicy(
-                    activity_rms=config["RESPONSE_ACTIVITY_RMS"],
-                    end_silence_ms=config["RESPONSE_END_SILENCE_MS"],
-                    max_ms=config["RESPONSE_MAX_MS"],
-                ),
-                limits=SessionLimits.from_config(config),
-            )
-        )
+        self.model_type = handshake.model_type
+        self.session: ProtocolSession = handshake.front.new_session(model_name, config)
         self.recorder = SessionRecorder(
             session_id=self.session.session_id,
             conversation_id=self.session.conversation_id,
-            dialect=handshake.dialect.value,
+            dialect=handshake.front.storage_dialect,
             model_name=model_name,
             model_type=handshake.model_type,
             requested_model=handshake.requested_model,
@@ -132,7 +119,7 @@ class SessionRuntime:
                     api_key=api_key["name"] if api_key else None,
                     model_type=handshake.model_type,
                     model_name=model_name,
-                    dialect=handshake.dialect.value,
+                    dialect=handshake.front.storage_dialect,
                     slot=getattr(slot, "index", None),
                 ),
             )
@@ -352,6 +339,35 @@ class SessionRuntime:
         await self._send_events(effects.events)
         if effects.records:
             await self.recorder.add(effects.records)
+        wanted = getattr(self.session, "model_type", None)
+        if wanted is not None and wanted != self.model_type and not self.end_reason:
+            await self._switch_model(wanted)
+        if self.session.close_code is not None and not self.end_reason:
+            # The protocol ended the session itself (Live: session.closed was just sent).
+            reason = str(getattr(self.session, "close_reason", None) or "closed_by_protocol")
+            await self.end(reason, close_code=self.session.close_code)
+
+    async def _switch_model(self, model_type: str) -> None:
+        """The session chose another model type after connecting (Live's session.start names its
+        model): move to a slot of that model, or end the session if none is free."""
+        manager = get_manager()
+        slot = (
+            manager.acquire(model_type, asyncio.get_running_loop())
+            if manager and model_type in manager.engines
+            else None
+        )
+        if slot is None:
+            error = ProtocolError(
+                "server_busy", f"No slot of the '{model_type}' model is free; try again later.", type="server_error"
+            )
+            await self.end(END_SERVER_BUSY, error, close_code=CLOSE_TRY_AGAIN)
+            return
+        old, self.slot, self.model_type = self.slot, slot, model_type
+        old.release()
+        for task in self._tasks[:1]:  # the pump waits on the old slot's outbox
+            task.cancel()
+        self._tasks[:1] = [self._spawn(self._pump_model_output(), "model-output")]
+        self.slot.set_keep_running(self.session.wants_output)
 
     async def _send_events(self, events: list[dict[str, Any]]) -> None:
         if self.closed:
@@ -361,7 +377,7 @@ class SessionRuntime:
                 metrics.ERRORS.labels(event["error"]["code"] or "none").inc()
             await self.transport.send_text(json.dumps(event))
         if self.console is not None:
-            self.console.events_sent(events, responding=self.session.response is not None)
+            self.console.events_sent(events, responding=self.session.responding)
         unsent = self.transport.unsent_bytes()
         if unsent is not None and unsent > self.max_unsent:
             await self._drop_slow_client(unsent)
