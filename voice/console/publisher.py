@@ -1,4 +1,4 @@
-"""SessionPublisher: what the staff consoles see of one Realtime session, sent at a bounded rate.
+"""SessionPublisher: what the staff consoles see of one session, sent at a bounded rate.
 
 The consumer tells it what happened (server events sent, client frames, model frames) through
 methods that only store references and set a flag; nothing is computed or sent on the audio path.
@@ -7,6 +7,13 @@ at once when the session starts or its state changes (listening / responding), a
 HEARTBEAT_S, so that a console can drop the sessions of a process that died without saying so.
 The channel layer never carries per-frame deltas: channels-redis holds 100 messages per channel and
 `group_send` silently skips a console over capacity, so a burst would lose updates, not just be late.
+
+Realtime sessions (dialects ga, beta) show one transcript entry per response and per user item,
+and the state ``responding`` / ``listening``. Live API sessions (dialect live) show their transcript
+fragments joined into turns as the store joins them (consecutive fragments of one speaker make one
+entry, ``turn_<n>``, open until the other speaker starts), and the state ``speaking`` (the model's
+output is not silence, or an output transcript fragment came within SPEAKING_HOLD_S),
+``listening``, or ``closed`` once ``session.closed`` was sent.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +47,10 @@ _ASSISTANT_DELTAS = {
     "response.output_text.delta",
     "response.text.delta",
 }
+
+_LIVE_DELTAS = {"session.output_transcript.delta": "assistant", "session.input_transcript.delta": "user"}
+LIVE = "live"  # the dialect of Live API sessions
+SPEAKING_HOLD_S = 1.0  # a Live session is speaking this long after an output transcript fragment
 
 # One label per process, so a console shows which worker holds a session.
 SERVER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -70,6 +81,11 @@ class SessionPublisher:
         self.started_mono = time.monotonic()
         self.responding = False
         self.transcript: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.live = facts.dialect == LIVE  # a Live API session (also once it sends a Live event)
+        self.close_reason: str | None = None  # a Live session's session.closed reason
+        self._live_turns = 0  # Live transcript entries so far (turn_<n>)
+        self._live_turn: tuple[str, str] | None = None  # the open Live entry: its key and role
+        self._output_text_at = -SPEAKING_HOLD_S  # when a Live output transcript fragment last came
         self._input_frame: np.ndarray | None = None
         self._output_frame: np.ndarray | None = None
         self._latency_s: float | None = None
@@ -116,11 +132,28 @@ class SessionPublisher:
 
     # --- what happened (cheap: store and flag) ------------------------------------------------
 
+    def update_facts(self, **changes: Any) -> None:
+        """What was fixed at connect changed (a Live session's session.start selected another model
+        type, and with it another slot): published at once."""
+        self.facts = replace(self.facts, **changes)
+        self._urgent.set()
+        self._wake.set()
+
     def events_sent(self, events: Iterable[dict[str, Any]], *, responding: bool) -> None:
-        """Server events the client was sent: transcript text, turns and the response state."""
+        """Server events the client was sent: transcript text, turns and the response state.
+
+        ``responding``: a Realtime response is under way, or a Live session's model is speaking.
+        """
+        before = self._state()
         for event in events:
             kind = event["type"]
-            if kind in _ASSISTANT_DELTAS:
+            if kind in _LIVE_DELTAS:
+                self._live_fragment(_LIVE_DELTAS[kind], event)
+            elif kind == "session.closed":
+                self.live = True
+                self.close_reason = str(event.get("reason") or "closed")
+                self._live_close()
+            elif kind in _ASSISTANT_DELTAS:
                 entry = self._entry(event.get("response_id") or "", "assistant", "in_progress")
                 entry["text"] = (entry["text"] + event.get("delta", ""))[-ENTRY_CHARS:]
             elif kind == "response.created":
@@ -138,8 +171,8 @@ class SessionPublisher:
             else:
                 continue
             self._wake.set()
-        if responding != self.responding:
-            self.responding = responding
+        self.responding = responding
+        if self._state() != before:
             self._urgent.set()
             self._wake.set()
 
@@ -166,7 +199,8 @@ class SessionPublisher:
             "started_at": started.isoformat(timespec="seconds"),
             # A duration, not a clock: the browser counts on from it, whatever its own clock says.
             "duration_s": round(time.monotonic() - self.started_mono, 1),
-            "state": "responding" if self.responding else "listening",
+            "dialect": LIVE if self.live else self.facts.dialect,
+            "state": self._state(),
             "input_level": round(rms(self._input_frame), 4) if self._input_frame is not None else 0.0,
             "output_level": round(rms(self._output_frame), 4) if self._output_frame is not None else 0.0,
             "latency_ms": round(self._latency_s * 1000.0, 1) if self._latency_s is not None else None,
@@ -178,6 +212,39 @@ class SessionPublisher:
     def _detail_message(self) -> dict[str, Any]:
         transcript = [{"id": key, **entry} for key, entry in self.transcript.items()]
         return {"type": groups.SESSION_DETAIL, "session": self.summary(), "transcript": transcript}
+
+    def _state(self) -> str:
+        if not self.live:
+            return "responding" if self.responding else "listening"
+        if self.close_reason is not None:
+            return "closed"
+        speaking = self.responding or time.monotonic() - self._output_text_at < SPEAKING_HOLD_S
+        return "speaking" if speaking else "listening"
+
+    def _live_fragment(self, role: str, event: dict[str, Any]) -> None:
+        """A Live transcript fragment: it extends the open entry of its speaker, or starts the next."""
+        self.live = True
+        if role == "assistant":
+            self._output_text_at = time.monotonic()
+        open_turn = self._live_turn
+        entry = self.transcript.get(open_turn[0]) if open_turn is not None and open_turn[1] == role else None
+        if entry is None:
+            self._live_close()
+            self._live_turns += 1
+            key = f"turn_{self._live_turns}"
+            self._live_turn = (key, role)
+            entry = self._entry(key, role, "in_progress")
+            entry["start_ms"] = event.get("start_ms")
+        entry["text"] = (entry["text"] + str(event.get("delta", "")))[-ENTRY_CHARS:]
+        entry["end_ms"] = event.get("end_ms")
+
+    def _live_close(self) -> None:
+        """The open Live entry is complete: the other speaker started, or the session closed."""
+        if self._live_turn is not None:
+            entry = self.transcript.get(self._live_turn[0])
+            if entry is not None:
+                entry["status"] = "completed"
+            self._live_turn = None
 
     def _entry(self, key: str, role: str, status: str) -> dict[str, Any]:
         entry = self.transcript.get(key)
