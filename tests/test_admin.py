@@ -125,3 +125,86 @@ async def test_a_recorded_conversation_plays_in_its_timeline_page(settings, tmp_
             assert wav.getframerate() == 24000 and wav.getnchannels() == 1
             seconds = wav.getnframes() / 24000
         assert 1.5 <= seconds <= 2.0, f"{track}: the 2 s sent, cut to whole 80 ms frames the model stepped on"
+
+
+def store_live_conversation(session_id: str) -> int:
+    """A Live API session as the runtime hands it to the store: fragments, appends, an ASR outcome."""
+    from voice.live.records import Appended, Fragment, LiveClosed, LiveStarted
+
+    resource = {
+        "id": session_id,
+        "model": "gpt-live-1",
+        "status": "active",
+        "audio": {"format": {"type": "audio/pcm", "rate": 24000}, "output": {"voice": "marin"}},
+        "instructions": "Answer about trains.",
+    }
+    pk = services.conversation_start(
+        session_id=session_id,
+        conversation_id=session_id,
+        dialect="live",
+        model_name="moshi-demo-random-weights",
+        model_type="sft",
+    )
+    for batch in (
+        [LiveStarted(resource, "sft"), Fragment("assistant", "Hello,", 0, 80), Fragment("assistant", " how", 80, 160)],
+        [
+            Appended("thinking", "They will ask about trains.", None, 170),
+            Fragment("assistant", " can I help?", 160, 240),
+        ],
+        [
+            records.TranscriptionOutcome(
+                item_id="seg_1",
+                text="When is the next train",
+                model="asr",
+                language="en",
+                latency_ms=90,
+                audio_seconds=1.2,
+            ),
+            *(Fragment("user", word, 1000 + 200 * n, 1200 + 200 * n) for n, word in enumerate(["When", " is", " the"])),
+        ],
+        [Fragment("user", " next train", 1600, 2000), Fragment("assistant", " At noon.", 2100, 2400)],
+        [LiveClosed("expired", 3, 40, resource)],
+    ):
+        services.conversation_records_apply(conversation_pk=pk, batch=batch)
+    services.conversation_end(conversation_pk=pk, reason="disconnect:1000")
+    return pk
+
+
+def test_a_live_conversation_page_shows_its_turns_and_appends_on_the_session_clock(staff_client) -> None:
+    pk = store_live_conversation("live_admin")
+    page = staff_client.get(f"/admin/transcripts/conversation/{pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "When (since session.start)" in html and "Live API" in html
+    order = [
+        "+0:00.000",  # the When column comes first in a row
+        "session started",
+        "assistant turn",
+        "Hello, how can I help?",
+        "thinking appended",
+        "They will ask about trains.",
+        "+0:01.000",
+        "user turn",
+        "When is the next train",
+        "transcription completed (asr)",
+        "+0:02.100",
+        "At noon.",
+        "expired (disconnect:1000)",
+        "seconds: 3, frames: 40",
+    ]
+    positions = [html.index(text) for text in order]
+    assert positions == sorted(positions), list(zip(order, positions, strict=True))
+    assert "until +0:02.000 (1000 ms)" in html  # the user turn's end and span
+
+
+def test_live_conversations_are_listed_and_filtered_by_dialect(staff_client) -> None:
+    store_live_conversation("live_listed")
+    store_conversation("sess_realtime", "A Realtime answer.")
+    live = staff_client.get("/admin/transcripts/conversation/", {"dialect__exact": "live"})
+    assert live.status_code == 200
+    assert b"live_listed" in live.content and b"sess_realtime" not in live.content
+    assert b"Live API" in live.content and b"expired" in live.content  # the dialect and the close reason
+    found = staff_client.get("/admin/transcripts/conversation/", {"q": "next train"})
+    assert b"live_listed" in found.content
+    items = staff_client.get("/admin/transcripts/conversationitem/", {"item_type__exact": "thinking"})
+    assert b"They will ask about trains." in items.content

@@ -2,6 +2,9 @@
 
 The conversation page adds a timeline (items, transcriptions with their latency, session config
 changes) and, when recording was on, the input and output audio, served from storage to staff.
+A Live API conversation's timeline is on its session clock (time since session.start): its turns
+and appends at their start, each transcription with its turn, the session as started first and the
+final one (if a session.update changed it) last.
 
 Every page stays small whatever was stored: a client may send 15 MiB of text per event. List
 pages and inline rows show the first PREVIEW_CHARS characters of a text (cut in the database, so
@@ -16,7 +19,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.core.files.storage import default_storage
-from django.db.models import QuerySet, TextField
+from django.db.models import F, QuerySet, TextField
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Length, Substr
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -67,7 +70,18 @@ class TextPreviews:
 
 class ConversationItemInline(TextPreviews, admin.TabularInline):
     model = ConversationItem
-    fields = ("position", "role", "item_type", "status", "text_preview", "audio_ms", "truncated_at_ms", "deleted")
+    fields = (
+        "position",
+        "role",
+        "item_type",
+        "status",
+        "text_preview",
+        "start_ms",
+        "end_ms",
+        "audio_ms",
+        "truncated_at_ms",
+        "deleted",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -104,8 +118,9 @@ class ConversationAdmin(admin.ModelAdmin):
         "model_name",
         "api_key",
         "client_address",
+        "close_reason",
     )
-    list_filter = ("dialect", "model_type", "model_name", "api_key", "started_at", "end_reason")
+    list_filter = ("dialect", "model_type", "model_name", "api_key", "started_at", "end_reason", "close_reason")
     search_fields = ("session_id", "conversation_id", "items__text", "items__transcriptions__text")
     date_hierarchy = "started_at"
     readonly_fields = [f.name for f in Conversation._meta.fields]
@@ -179,25 +194,29 @@ def timeline(conversation: Conversation) -> list[dict[str, Any]]:
 
     At most TIMELINE_ENTRIES entries (the first of each kind); each text cut at
     TIMELINE_TEXT_CHARS, with ``more`` (characters left out) and ``url`` (the page with all of it).
+    A Realtime conversation's entries are ordered by when they were stored (``at``); a Live one's
+    by the session clock (``clock``, ms since session.start, shown instead of the time of day).
     """
+    live = conversation.dialect == Conversation.Dialect.LIVE
     entries: list[dict[str, Any]] = []
     items = with_heads(conversation.items.order_by("position").defer("content"), "text", chars=TIMELINE_TEXT_CHARS)
     for item in items[:TIMELINE_ENTRIES]:
-        what = f"{item.role or item.item_type} item ({item.status})" + (" — deleted" if item.deleted else "")
-        if item.truncated_at_ms is not None:
-            what += f" — heard until {item.truncated_at_ms} ms"
+        what = _item_what(item, live)
         url = reverse("admin:transcripts_conversationitem_change", args=[item.pk])
         entries.append(
             {
                 "at": item.created_at,
+                "clock": item.start_ms,
                 "kind": "item",
                 "what": what,
                 **_text(item.text_head, item.text_chars, url),
-                "detail": f"{item.audio_ms} ms of audio" if item.audio_ms else "",
+                "detail": _item_detail(item, live),
             }
         )
     transcriptions = with_heads(
-        Transcription.objects.filter(item__conversation=conversation).order_by("created_at", "pk"),
+        Transcription.objects.filter(item__conversation=conversation)
+        .annotate(item_start_ms=F("item__start_ms"))
+        .order_by("created_at", "pk"),
         "text",
         "error",
         chars=TIMELINE_TEXT_CHARS,
@@ -212,6 +231,7 @@ def timeline(conversation: Conversation) -> list[dict[str, Any]]:
         entries.append(
             {
                 "at": transcription.created_at,
+                "clock": transcription.item_start_ms,  # with its turn (or segment), after it
                 "kind": "transcription",
                 "what": f"transcription {transcription.status} ({transcription.model or 'ASR'})",
                 **_text(*shown, url),
@@ -225,26 +245,78 @@ def timeline(conversation: Conversation) -> list[dict[str, Any]]:
             instructions_head=Substr(KT("config__instructions"), 1, TIMELINE_TEXT_CHARS + 1),
             instructions_chars=Length(KT("config__instructions")),
             turn_detection=KT("config__audio__input__turn_detection__type"),
+            live_model=KT("config__model"),
+            live_format=KT("config__audio__format__type"),
+            live_rate=KT("config__audio__format__rate"),
+            live_voice=KT("config__audio__output__voice"),
         )
     )
     for config in configs[:TIMELINE_ENTRIES]:
         url = reverse("admin:transcripts_sessionconfig_change", args=[config.pk])
+        if live:
+            what = "session started" if config.sequence == 1 else f"session config #{config.sequence} (at the close)"
+            detail = f"{config.live_model or '?'}, {config.live_format or '?'} {config.live_rate or ''} Hz"
+            detail += f", voice {config.live_voice}" if config.live_voice else ""
+        else:
+            what = f"session config #{config.sequence}"
+            detail = f"turn detection: {config.turn_detection or 'off'}"
         entries.append(
             {
                 "at": config.created_at,
+                # The session as started is the clock's zero; a later one is the final resource, stored at the close.
+                "clock": 0 if config.sequence == 1 else _LAST,
                 "kind": "config",
-                "what": f"session config #{config.sequence}",
+                "what": what,
                 **_text(config.instructions_head, config.instructions_chars, url),
-                "detail": f"turn detection: {config.turn_detection or 'off'}",
+                "detail": detail,
             }
         )
-    entries.sort(key=lambda entry: entry["at"])
+    if live:
+        # The session as started first at zero; then stable: items before their transcriptions.
+        entries.sort(key=lambda entry: (_LAST if entry["clock"] is None else entry["clock"], entry["kind"] != "config"))
+        for entry in entries:
+            entry["when"] = _clock(entry["clock"]) if entry["clock"] not in (None, _LAST) else ""
+    else:
+        entries.sort(key=lambda entry: entry["at"])
     entries = entries[:TIMELINE_ENTRIES]
     if conversation.ended_at:
-        entries.append(
-            {"at": conversation.ended_at, "kind": "end", "what": "ended", "text": conversation.end_reason, "detail": ""}
-        )
+        reason = conversation.end_reason
+        if live and conversation.close_reason:
+            reason = f"{conversation.close_reason} ({reason})" if reason else conversation.close_reason
+        usage = conversation.usage if isinstance(conversation.usage, dict) else {}
+        detail = ", ".join(f"{key}: {value}" for key, value in usage.items()) if live else ""
+        entries.append({"at": conversation.ended_at, "kind": "end", "what": "ended", "text": reason, "detail": detail})
     return entries
+
+
+_LAST = 2**63  # a clock time after every other one
+
+
+def _clock(ms: int) -> str:
+    """A session-clock time as the timeline shows it: +m:ss.mmm since session.start."""
+    minutes, ms = divmod(ms, 60_000)
+    return f"+{minutes}:{ms // 1000:02d}.{ms % 1000:03d}"
+
+
+def _item_what(item: ConversationItem, live: bool) -> str:
+    if live and item.start_ms is not None:
+        if item.item_type == ConversationItem.LIVE_TURN:
+            what = f"{item.role} turn"
+        elif item.item_type == ConversationItem.LIVE_SEGMENT:
+            what = "user speech segment"
+        else:
+            what = f"{item.item_type} appended" + (f" ({item.role})" if item.role else "")
+        return what + (f" ({item.status})" if item.status != "completed" else "")
+    what = f"{item.role or item.item_type} item ({item.status})" + (" — deleted" if item.deleted else "")
+    if item.truncated_at_ms is not None:
+        what += f" — heard until {item.truncated_at_ms} ms"
+    return what
+
+
+def _item_detail(item: ConversationItem, live: bool) -> str:
+    if live and item.item_type == ConversationItem.LIVE_TURN and item.start_ms is not None and item.end_ms is not None:
+        return f"until {_clock(item.end_ms)} ({item.audio_ms} ms)"
+    return f"{item.audio_ms} ms of audio" if item.audio_ms else ""
 
 
 def _text(head: str | None, chars: int | None, url: str) -> dict[str, Any]:
