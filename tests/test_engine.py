@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,29 @@ def test_the_engine_package_imports_neither_django_nor_channels() -> None:
     repo = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+async def test_a_paced_slot_never_steps_ahead_of_the_tick(demo_checkpoint: Path) -> None:
+    """A Live session's backlog (a client flushing seconds of audio) is stepped one frame per tick."""
+    model = load_model(str(demo_checkpoint), torch.device("cpu"))
+    engine = BatchedEngine(model, batch_size=2, tick_s=0.08, inbox_frames=64, compile=False)
+    engine.start()
+    try:
+        loop = asyncio.get_running_loop()
+        paced, free = engine.acquire(loop), engine.acquire(loop)
+        assert paced is not None and free is not None
+        paced.paced = True
+        for frame in speech_like(3, 12):
+            paced.push(frame)
+        for frame in speech_like(4, 12):
+            free.push(frame)
+        started = time.perf_counter()
+        await collect(free, 11)  # a restarted slot's first output carries no audio
+        caught_up = time.perf_counter() - started
+        await collect(paced, 11)
+        paced_took = time.perf_counter() - started
+        # The unpaced slot catches up at once; the paced one takes its 12 ticks of 80 ms.
+        assert paced_took >= 11 * 0.08 * 0.9, paced_took
+        assert caught_up < paced_took
+    finally:
+        engine.stop()

@@ -163,3 +163,23 @@ async def test_a_full_server_says_so_and_closes_with_1013(server: LiveServer) ->
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(third.recv(), TIMEOUT)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+
+
+async def test_a_flush_of_queued_input_does_not_make_output_run_ahead(server: LiveServer) -> None:
+    """LiveKit sends seconds of buffered audio at once after session.started: output stays paced."""
+    async with live_session(server, model="gpt-live-1") as live:
+        await live.until("session.started")
+        speech = read_pcm16("weather_en_24k.wav")[: 48 * 3000]  # 3 s, sent as fast as the socket takes it
+        for start in range(0, len(speech), 3840):
+            await live.connection.session.input_audio.append(
+                audio=base64.b64encode(speech[start : start + 3840]).decode()
+            )
+        began, deltas = time.monotonic(), 0
+        while deltas < 30:
+            if (await live.recv())["type"] == "session.output_audio.delta":
+                deltas += 1
+        elapsed = time.monotonic() - began
+        assert elapsed >= 29 * 0.08 * 0.85, f"30 deltas in {elapsed:.2f}s: ahead of real time"
+        assert not [e for e in live.received if e["type"] == "error"]
+        await live.connection.session.close()
+        await live.until("session.closed")

@@ -230,7 +230,7 @@ class BatchedEngine:
                 now = time.perf_counter()
                 on_tick = now >= next_tick
                 live = [s for s in self.slots if s is not None]
-                behind = any(s.queued_frames > 1 for s in live)
+                behind = any(s.behind for s in live)
                 ready = [s for s in live if s.wants_step(on_tick)]
                 if ready and (on_tick or behind):
                     break

@@ -74,6 +74,10 @@ class Slot:
         self.fresh = True  # the next frame is the slot's first after a restart (inference thread only)
         self.released = False
         self.dropped_outputs = 0
+        # Paced: stepped on the tick only, never in the catch-up steps that let a slot with a
+        # backlog (a stall, a client's burst) recover. A Live session's output must never run ahead
+        # of real time, even when its client flushes seconds of queued input at once.
+        self.paced = False
 
     # --- the event loop's side ----------------------------------------------------------------
 
@@ -103,9 +107,16 @@ class Slot:
     # --- the inference thread's side ----------------------------------------------------------
 
     def wants_step(self, on_tick: bool) -> bool:
-        """Has a frame queued, or must keep talking and the tick has come."""
+        """Has a frame queued, or must keep talking, and the tick has come (or it may catch up)."""
+        if self.paced and not on_tick:
+            return False
         with self._lock:
             return bool(self._inbox) or (self._keep_running and on_tick)
+
+    @property
+    def behind(self) -> bool:
+        """Has a backlog the engine should catch up on at once (never for a paced slot)."""
+        return not self.paced and len(self._inbox) > 1
 
     def waiting(self) -> bool:
         """Has a frame queued or a response open: the engine must wake for it by the next tick."""

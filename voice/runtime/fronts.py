@@ -55,6 +55,7 @@ class ProtocolSession(Protocol):
 
 class Front(Protocol):
     storage_dialect: str
+    paced: bool  # its slots never step ahead of the tick (see Slot.paced)
 
     def error_event(self, exc: ProtocolError) -> dict[str, Any]: ...
 
@@ -74,6 +75,7 @@ class RealtimeFront:
     """/v1/realtime, in the GA or the beta dialect."""
 
     dialect: Dialect
+    paced: bool = False  # a backlog is caught up at once: turns end on time after a stall
 
     @property
     def storage_dialect(self) -> str:
@@ -100,6 +102,7 @@ class LiveFront:
     server_models: Mapping[str, str] = field(default_factory=dict)
     transcribe: bool = False  # an ASR service is configured: user segments become input transcripts
     storage_dialect: str = "live"
+    paced: bool = True  # one output frame per tick, whatever the client flushes
 
     def error_event(self, exc: ProtocolError) -> dict[str, Any]:
         return LiveEvents().error(exc, None)

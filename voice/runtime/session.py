@@ -90,6 +90,7 @@ class SessionRuntime:
         self.channel_name = channel_name
         self.config = config
         self.model_type = handshake.model_type
+        slot.paced = handshake.front.paced
         self.session: ProtocolSession = handshake.front.new_session(model_name, config)
         self.recorder = SessionRecorder(
             session_id=self.session.session_id,
@@ -362,6 +363,7 @@ class SessionRuntime:
             )
             await self.end(END_SERVER_BUSY, error, close_code=CLOSE_TRY_AGAIN)
             return
+        slot.paced = self.slot.paced
         old, self.slot, self.model_type = self.slot, slot, model_type
         old.release()
         for task in self._tasks[:1]:  # the pump waits on the old slot's outbox
