@@ -99,3 +99,54 @@ async def test_a_spoken_turn_is_transcribed_in_the_event_sequence(server: LiveSe
             await asyncio.sleep(0.1)
     assert rows[0]["status"] == "completed" and rows[0]["item_id"] == committed["item_id"]
     assert rows[0]["item_text"] == completed["transcript"] and rows[0]["model"] == "ok"
+
+
+async def test_live_user_speech_becomes_input_transcript_fragments_in_order(server: LiveServer, asr: ASRServer) -> None:
+    """The Live API: a user segment found by the VAD goes to the same ASR service, and its text comes
+    back as session.input_transcript.delta fragments on the session clock, merged in start_ms order
+    with the model's own fragments."""
+    from .strict_live import strict_live
+
+    before = len(asr.state.requests)
+    client = AsyncOpenAI(api_key="sk-e2e", base_url=f"{server.http_url}/v1", websocket_base_url=f"{server.ws_url}/v1")
+    pcm = read_pcm16("weather_en_24k.wav") + bytes(48000 * 2)
+    events: list[dict] = []
+    async with client.live.connect(max_retries=0) as conn:
+        await conn.session.start(session={"model": "gpt-live-1"})
+
+        async def microphone() -> None:
+            for offset in range(0, len(pcm), 3840):
+                await conn.session.input_audio.append(audio=base64.b64encode(pcm[offset : offset + 3840]).decode())
+                await asyncio.sleep(0.08)  # real time
+            while True:
+                await conn.session.input_audio.append(audio=base64.b64encode(bytes(3840)).decode())
+                await asyncio.sleep(0.08)
+
+        mic = asyncio.create_task(microphone())
+        try:
+            async with asyncio.timeout(TIMEOUT * 2):
+                # Until the segment's fragments (released together with the model's fragments they
+                # held back, before the next audio delta) have all come.
+                while not (
+                    any(e["type"] == "session.input_transcript.delta" for e in events)
+                    and events[-1]["type"] == "session.output_audio.delta"
+                ):
+                    event = json.loads(await conn.recv_bytes())
+                    strict_live(event)
+                    events.append(event)
+        finally:
+            mic.cancel()
+        await conn.session.close()
+    fragments = [
+        e for e in events if e["type"] in ("session.input_transcript.delta", "session.output_transcript.delta")
+    ]
+    starts = [f["start_ms"] for f in fragments]
+    assert starts == sorted(starts), "fragments of both speakers in non-decreasing start_ms"
+    user = [f for f in fragments if f["type"] == "session.input_transcript.delta"]
+    assert "".join(f["delta"] for f in user).strip().startswith("segment")
+    assert 0 <= user[0]["start_ms"] < 800, "the segment starts where the speech does (at once in this file)"
+    received = asr.state.requests[before]
+    assert received.fields["model"] == "ok" and received.wav_rate == 24000
+    span_ms = user[-1]["end_ms"] - user[0]["start_ms"]
+    # The audio sent also holds the quiet that ended the segment (segment_silence_ms, 500 ms).
+    assert 0 <= received.wav_frames / 24 - span_ms <= 600, "the fragments span the audio that was transcribed"

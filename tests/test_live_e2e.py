@@ -183,3 +183,31 @@ async def test_a_flush_of_queued_input_does_not_make_output_run_ahead(server: Li
         assert not [e for e in live.received if e["type"] == "error"]
         await live.connection.session.close()
         await live.until("session.closed")
+
+
+async def test_session_start_moves_the_session_to_the_model_it_names(tmp_path, demo_checkpoint) -> None:
+    """A Live client names its model only in session.start: the session leaves the default model's
+    slot for one of that model (here a second model type, loaded from the same demo checkpoint)."""
+    from .e2e_support import query_db
+
+    live_server = LiveServer(tmp_path, {"BASE_MODEL": str(demo_checkpoint), "REALTIME_MAX_SESSIONS": "1"})
+    live_server.start(timeout=TIMEOUT * 6)
+    try:
+        # Both checkpoints are the demo's, so its name selects the last type loaded: base.
+        async with live_session(live_server, model="moshi-demo-random-weights") as live:
+            started = (await live.until("session.started"))[-1]
+            deltas = 0
+            while deltas < 5:
+                deltas += (await live.recv())["type"] == "session.output_audio.delta"
+            # The default model's only slot was given back: another session can hold it meanwhile.
+            async with live_session(live_server, model="gpt-live-1") as other:
+                assert (await other.until("session.started"))[-1]["session"]["model"] == "gpt-live-1"
+                await other.connection.session.close()
+                await other.until("session.closed")
+            await live.connection.session.close()
+            await live.until("session.closed")
+        conversation = await ended_conversation(live_server, started["session"]["id"])
+        assert conversation["model_type"] == "base"
+        assert query_db(live_server.db_path, "SELECT COUNT(*) FROM transcripts_conversation")[0][0] == 2
+    finally:
+        live_server.stop()
