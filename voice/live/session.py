@@ -157,6 +157,7 @@ class LiveSession:
             if segment is not None and segment.id != self._open_segment_id:
                 self._open_segment_id = segment.id
                 self._merger.segment_opened(segment.id, segment.start_ms, self.now_ms)
+        was_speaking = self._gate.speaking
         if self.fixture is not None:
             frame, text = self.fixture.next_frame(), None
         else:
@@ -172,6 +173,8 @@ class LiveSession:
             if text
             else self._merger.release(self.now_ms)
         )
+        if was_speaking and not self._gate.speaking:  # the burst ends: its words go with it
+            ready += self._merger.burst_ended(self.now_ms)
         effects.extend(self._send(ready))
         if self.now_ms >= self._next_usage_ms:
             self._next_usage_ms += self.options.usage_interval_ms

@@ -5,8 +5,13 @@ the SDK's transcript grouper treats a fragment that starts before the previous o
 speaker, as a reset. Moshi's text tokens are known at once, but the user's words only come back
 from the ASR service after the user's segment has ended, with start times in the past. So output
 fragments that start at or after the start of a user segment still being spoken or transcribed are
-held back, and released, merged with the user's fragments, once its transcript arrives (or after
-``max_hold_ms``, so a lost ASR reply cannot stall transcripts forever). Audio is never held.
+held back, and released, merged with the user's fragments, once its transcript arrives; but no
+later than the end of the model's speech (`burst_ended`), and never for longer than
+``max_hold_ms`` each. The frameworks pair output fragments with the audio burst they belong to:
+LiveKit opens a text-only assistant message for a fragment that comes after its burst has ended,
+pipecat reopens a turn it has closed. A user fragment that would then step back in time is stamped
+at the last start sent instead (its words are late; the clock never goes back). Audio is never
+held.
 
 User segments are found on the session clock too: each model frame carries the VAD scores of the
 client audio it heard (2 or 3 windows of 32 ms); a frame is speech when its best window passes the
@@ -28,6 +33,9 @@ from voice.protocol.ids import new_id
 from .records import Fragment
 
 HYSTERESIS = 0.15
+# A segment's transcript is expected within this long (the transcriber's own timeouts and retries
+# always end in a result or a failure well before); past it the segment is no longer waited for.
+PENDING_MAX_MS = 120_000
 PREROLL_FRAMES = 4  # audio before a segment's first speech frame, given to the ASR with it
 
 
@@ -99,6 +107,7 @@ class TranscriptMerger:
         self.max_hold_ms = max_hold_ms
         self._pending: dict[str, _Pending] = {}
         self._held: list[Fragment] = []
+        self._held_since: dict[int, int] = {}  # id() of a held output fragment -> when it was held
         self._last_start = 0
 
     def segment_opened(self, segment_id: str, start_ms: int, now_ms: int) -> None:
@@ -111,6 +120,7 @@ class TranscriptMerger:
 
     def output(self, fragment: Fragment, now_ms: int) -> list[Fragment]:
         self._held.append(fragment)
+        self._held_since[id(fragment)] = now_ms
         return self.release(now_ms)
 
     def user_text(self, segment_id: str, text: str, start_ms: int, end_ms: int, now_ms: int) -> list[Fragment]:
@@ -127,18 +137,33 @@ class TranscriptMerger:
     def release(self, now_ms: int) -> list[Fragment]:
         """What can go now: fragments starting before every pending segment, oldest first."""
         for segment_id, pending in list(self._pending.items()):
-            if now_ms - pending.since_ms > self.max_hold_ms:
+            if now_ms - pending.since_ms > PENDING_MAX_MS:  # an answer that never came: forget it
                 del self._pending[segment_id]
         horizon = min((p.start_ms for p in self._pending.values()), default=None)
         # Stable: on equal starts the user's fragment goes first, as it was spoken first.
         self._held.sort(key=lambda f: (f.start_ms, f.speaker != "user"))
         ready: list[Fragment] = []
-        while self._held and (horizon is None or self._held[0].start_ms < horizon):
+        while self._held and (
+            horizon is None or self._held[0].start_ms < horizon or self._overdue(self._held[0], now_ms)
+        ):
             fragment = self._held.pop(0)
+            self._held_since.pop(id(fragment), None)
             start = max(fragment.start_ms, self._last_start)  # a late reply must not step back
             ready.append(Fragment(fragment.speaker, fragment.text, start, max(fragment.end_ms, start)))
             self._last_start = start
         return ready
+
+    def burst_ended(self, now_ms: int) -> list[Fragment]:
+        """The model stopped speaking: its held fragments go now, while the client still holds the
+        audio burst they belong to open."""
+        for key in self._held_since:
+            self._held_since[key] = now_ms - self.max_hold_ms
+        return self.release(now_ms)
+
+    def _overdue(self, fragment: Fragment, now_ms: int) -> bool:
+        """An output fragment held for max_hold_ms: it goes now, with (nearly) its own audio."""
+        since = self._held_since.get(id(fragment))
+        return since is not None and now_ms - since >= self.max_hold_ms
 
     def flush(self) -> list[Fragment]:
         """Everything held, at the close."""
