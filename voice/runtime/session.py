@@ -371,9 +371,7 @@ class SessionRuntime:
         self._tasks[:1] = [self._spawn(self._pump_model_output(), "model-output")]
         self.slot.set_keep_running(self.session.wants_output)
         if self.console is not None:
-            self.console.update_facts(
-                model_type=model_type, model_name=manager.model_name(model_type), slot=slot.index
-            )
+            self.console.update_facts(model_type=model_type, model_name=manager.model_name(model_type), slot=slot.index)
 
     async def _send_events(self, events: list[dict[str, Any]]) -> None:
         if self.closed:
