@@ -145,7 +145,7 @@ async def test_live_user_speech_becomes_input_transcript_fragments_in_order(serv
     user = [f for f in fragments if f["type"] == "session.input_transcript.delta"]
     assert "".join(f["delta"] for f in user).strip().startswith("segment")
     # The demo model speaks all the time, so its fragments went out before the user's transcript
-    # came back (2 s at most each): the user's words are stamped from there on, never earlier.
+    # came back (500 ms at most each): the user's words are stamped from there on, never earlier.
     received = asr.state.requests[before]
     assert received.fields["model"] == "ok" and received.wav_rate == 24000
     assert 4.0 < received.wav_frames / 24000 < 6.5, "the segment is the spoken question"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from voice.live import LiveOptions, LiveSession
+from voice.live.records import Fragment
 from voice.protocol.audio import FRAME_SAMPLES
 from voice.protocol.effects import Effects
 from voice.protocol.records import TranscriptionOutcome
@@ -273,7 +274,7 @@ def test_an_output_fragment_goes_when_the_model_stops_speaking_and_user_words_ne
     """Held for a pending user segment, an output fragment still goes out when the model's speech
     ends (the client closes its audio burst then); the user's words, later, are stamped at the
     last start sent."""
-    session = started(LiveOptions(transcription_model="whisper", segment_silence_ms=240))
+    session = asr_session()  # a long hold: the end of the speech releases the fragment
     send(session, type="session.input_audio.append", audio=pcm16(2.4))
     out: list[dict[str, Any]] = []
     requests = []
@@ -307,6 +308,19 @@ def test_an_output_fragment_waits_at_most_the_hold() -> None:
         effects = step(session, " Yes" if index == 4 else None, LOUD, speech=speech, client_audio=True)
         sent_at.update({e["delta"]: index for e in effects.events if e["type"] == "session.output_transcript.delta"})
     assert sent_at == {" Yes": 4 + 400 // 80}, "the model keeps speaking: the hold bounds the wait"
+
+
+def test_what_is_held_at_the_clients_close_is_stored_not_sent() -> None:
+    """pipecat ends its turns before session.close: a fragment sent after it would open a turn."""
+    session = asr_session()
+    send(session, type="session.input_audio.append", audio=pcm16(0.8))
+    for index in range(8):
+        step(
+            session, " Yes" if index == 4 else None, LOUD, speech=[0.9] if 2 <= index < 6 else [0.0], client_audio=True
+        )
+    effects = send(session, type="session.close")
+    assert [e["type"] for e in effects.events] == ["session.closed"]
+    assert [r.text for r in effects.records if isinstance(r, Fragment)] == [" Yes"]
 
 
 def test_lost_asr_reply_releases_held_fragments() -> None:

@@ -54,8 +54,9 @@ class LiveOptions:
     segment_silence_ms: int = 500  # silence that ends a user segment
     max_segment_ms: int = 30000  # a longer segment is cut and transcribed in parts
     # Longest an output fragment waits for a user segment's transcript (it goes sooner when the
-    # model stops speaking): a fast ASR service answers well within it.
-    max_transcript_hold_ms: int = 2000
+    # model stops speaking). Under pipecat's 0.8 s turn gap, so a hold never splits a reply in
+    # two; a fast ASR service answers within it when the model waits for the user to finish.
+    max_transcript_hold_ms: int = 500
     max_instructions_chars: int = 65536  # about 16,384 tokens
     max_append_tokens: int = 500
     wall: Callable[[], float] = time.time  # expires_at's clock

@@ -244,7 +244,13 @@ class LiveSession:
 
     def _finish(self, reason: records.CloseReason, event_id: str | None) -> Effects:
         assert self.resource is not None
-        effects = self._send(self._merger.flush())
+        held = self._merger.flush()
+        if reason == "close_requested":
+            # The client has already ended its turns (pipecat does before session.close): what was
+            # still held is stored with the conversation, not sent to open a turn nobody will end.
+            effects = Effects(records=list(held))
+        else:
+            effects = self._send(held)
         seconds = self.now_ms // 1000
         effects.events.append(self.events.session_closed(reason, self.resource, seconds, event_id))
         effects.records.append(records.LiveClosed(reason, seconds, self.frames, self.resource))
