@@ -10,13 +10,11 @@ surrogates) and the pydantic-to-ProtocolError mapping are voice.protocol.validat
 
 from __future__ import annotations
 
-import collections.abc
 import types
 import typing
 from typing import Any
 
 import pydantic
-import typing_extensions
 from openai.types.live.client_event import ClientEvent
 from openai.types.live.client_event_param import ClientEventParam
 
@@ -32,31 +30,9 @@ MODELS: dict[str, type[pydantic.BaseModel]] = {
 NEEDS_DELEGATION_ID = {"session.instructions.append", "session.thinking.append", "session.commentary.append"}
 
 
-def _optional_paths(annotation: Any, path: str, found: set[str], depth: int) -> None:
-    """Collect the path templates of the SDK request TypedDicts whose type includes None."""
-    if depth > 16:
-        return
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing_extensions.Required, typing_extensions.NotRequired, typing.Annotated):
-        _optional_paths(args[0], path, found, depth)
-    elif origin in (typing.Union, types.UnionType):
-        if type(None) in args:
-            found.add(path)
-        for member in args:
-            _optional_paths(member, path, found, depth + 1)
-    elif origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence) or (
-        getattr(origin, "__name__", "") == "SequenceNotStr"
-    ):
-        _optional_paths(args[0], f"{path}[]", found, depth + 1)
-    elif typing_extensions.is_typeddict(annotation):
-        for key, member in typing_extensions.get_type_hints(annotation, include_extras=True).items():
-            _optional_paths(member, f"{path}.{key}" if path else key, found, depth + 1)
-
-
 def _nullable() -> frozenset[str]:
     found: set[str] = set()
-    _optional_paths(ClientEventParam, "", found, 0)
+    validation.optional_paths(ClientEventParam, "", found)
     return frozenset(found)
 
 
@@ -65,10 +41,7 @@ NULLABLE = _nullable()
 
 def parse(text: str | bytes) -> dict[str, Any]:
     """A JSON object (depth-limited, huge numbers kept for check_json), or ProtocolError."""
-    event = validation.parse(text)
-    if not isinstance(event, dict):
-        raise ProtocolError("invalid_event", "An event must be a JSON object.")
-    return event
+    return validation.parse_object(text)
 
 
 def event_id(event: dict[str, Any]) -> str | None:

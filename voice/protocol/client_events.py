@@ -38,10 +38,7 @@ _RESPONSE_ALIASES = {
 
 def parse(text: str | bytes) -> dict[str, Any]:
     """A JSON object, or ProtocolError (`invalid_event`)."""
-    event = validation.parse(text)
-    if not isinstance(event, dict):
-        raise ProtocolError("invalid_event", "An event must be a JSON object.")
-    return event
+    return validation.parse_object(text)
 
 
 def event_id(event: dict[str, Any]) -> str | None:

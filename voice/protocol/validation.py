@@ -136,6 +136,14 @@ def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
     return int(np.cumsum(_DEPTH_STEP[rest], dtype=np.int64).max(initial=0)) > limit
 
 
+def parse_object(text: str | bytes) -> dict[str, Any]:
+    """A client event: a JSON object (see ``parse``), or ProtocolError (`invalid_event`)."""
+    event = parse(text)
+    if not isinstance(event, dict):
+        raise ProtocolError("invalid_event", "An event must be a JSON object.")
+    return event
+
+
 def parse(text: str | bytes) -> Any:
     """JSON text to Python values, refusing nesting deeper than MAX_JSON_DEPTH (`invalid_event`).
 
@@ -394,31 +402,32 @@ def nullable(dialect: Dialect) -> frozenset[str]:
     """Parameter templates (``session.tools[].description``) that may be null in this dialect."""
     if dialect not in _NULLABLE:
         found: set[str] = set()
-        _optional_paths(_CLIENT_PARAMS[dialect], "", found, 0)
+        optional_paths(_CLIENT_PARAMS[dialect], "", found, 0)
         _NULLABLE[dialect] = frozenset(found | _NULLABLE_EXTRA[dialect])
     return _NULLABLE[dialect]
 
 
-def _optional_paths(annotation: Any, path: str, found: set[str], depth: int) -> None:
-    """Collect the paths of the SDK request TypedDicts whose type includes None."""
+def optional_paths(annotation: Any, path: str, found: set[str], depth: int = 0) -> None:
+    """Collect the paths of the SDK request TypedDicts whose type includes None (both protocols'
+    client events: where `null` is a value the client may send)."""
     if depth > 16:
         return
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing_extensions.Required, typing_extensions.NotRequired, typing.Annotated):
-        _optional_paths(args[0], path, found, depth)
+        optional_paths(args[0], path, found, depth)
     elif origin in (typing.Union, types.UnionType):
         if type(None) in args:
             found.add(path)
         for member in args:
-            _optional_paths(member, path, found, depth + 1)
+            optional_paths(member, path, found, depth + 1)
     elif origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence) or (
         getattr(origin, "__name__", "") == "SequenceNotStr"
     ):
-        _optional_paths(args[0], f"{path}[]", found, depth + 1)
+        optional_paths(args[0], f"{path}[]", found, depth + 1)
     elif typing_extensions.is_typeddict(annotation):
         for key, member in typing_extensions.get_type_hints(annotation, include_extras=True).items():
-            _optional_paths(member, f"{path}.{key}" if path else key, found, depth + 1)
+            optional_paths(member, f"{path}.{key}" if path else key, found, depth + 1)
 
 
 def string_too_long(path: Path, value: str, limit: int) -> ProtocolError:
