@@ -50,6 +50,23 @@ def postgres_url() -> Iterator[str]:
     yield from _service("TEST_POSTGRES_URL", start_postgres)
 
 
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL server, dropped after the test."""
+    import uuid
+
+    import psycopg
+
+    admin = psycopg.connect(postgres_url, autocommit=True, connect_timeout=10)
+    name = f"realtime_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A Redis server's URL (no database number): TEST_REDIS_URL, else a throwaway one for this session."""

@@ -13,16 +13,19 @@ that Debian's package creates.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -205,3 +208,16 @@ def _wait(service: Throwaway, ready: object, what: str) -> None:
             service.stop()
             raise ServiceUnavailable(f"{what} did not answer within {STARTUP_S:.0f}s:\n{service.log()}")
         time.sleep(0.1)  # polling the new server, bounded by the deadline above
+
+
+def run_on_database(database_url: str, script: str, repo: Path) -> Any:
+    """Migrate a fresh database, run ``script`` in `manage.py shell` against it, and return the JSON
+    its last line prints: how the PostgreSQL tests store and read back through the real services."""
+    env = {**os.environ, "DATABASE_URL": database_url, "VOICE_LOAD_MODEL": "0"}
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=repo, env=env, check=True, timeout=120)
+    result = subprocess.run(
+        [*manage, "shell", "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

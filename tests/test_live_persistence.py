@@ -8,16 +8,9 @@ cut or cleaned (tests/test_postgres.py does the same for the Realtime records).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from channels.db import database_sync_to_async
 from prometheus_client import REGISTRY
@@ -29,6 +22,7 @@ from voice.protocol.records import TranscriptionOutcome
 from voice.recorder import SessionRecorder
 
 from .conftest import TIMEOUT
+from .services import run_on_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -347,28 +341,8 @@ print(json.dumps({
 """
 
 
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """A fresh database on the session's PostgreSQL server, dropped after the test."""
-    admin = psycopg.connect(postgres_url, autocommit=True, connect_timeout=10)
-    name = f"realtime_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield postgres_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
-
-
 def test_a_hostile_live_session_is_stored_in_postgresql(database_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url, "VOICE_LOAD_MODEL": "0"}
-    manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=REPO, env=env, check=True, timeout=120)
-    result = subprocess.run(
-        [*manage, "shell", "-c", HOSTILE_LIVE], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    stored = json.loads(result.stdout.strip().splitlines()[-1])
+    stored = run_on_database(database_url, HOSTILE_LIVE, REPO)
     top = 2147483647
     assert stored["vendor"] == "postgresql"
     assert stored["conversation"] == [

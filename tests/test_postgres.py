@@ -8,16 +8,9 @@ a client sends (its requested model, item ids, texts, session config) is cut and
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
-import pytest
+from .services import run_on_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,33 +98,8 @@ print(json.dumps({
 """
 
 
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """A fresh database on the session's PostgreSQL server, dropped after the test."""
-    admin = psycopg.connect(postgres_url, autocommit=True, connect_timeout=10)
-    name = f"realtime_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield postgres_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
-
-
 def test_conversations_are_stored_in_postgresql(database_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url, "VOICE_LOAD_MODEL": "0"}
-    manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=REPO, env=env, check=True, timeout=120)
-    result = subprocess.run(
-        [*manage, "shell", "-c", STORE_AND_READ],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    stored = json.loads(result.stdout.strip().splitlines()[-1])
+    stored = run_on_database(database_url, STORE_AND_READ, REPO)
     assert stored == {
         "vendor": "postgresql",
         "ended": True,
@@ -141,14 +109,7 @@ def test_conversations_are_stored_in_postgresql(database_url: str) -> None:
 
 
 def test_what_postgresql_refuses_is_cut_and_cleaned_first(database_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url, "VOICE_LOAD_MODEL": "0"}
-    manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=REPO, env=env, check=True, timeout=120)
-    result = subprocess.run(
-        [*manage, "shell", "-c", HOSTILE_VALUES], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    stored = json.loads(result.stdout.strip().splitlines()[-1])
+    stored = run_on_database(database_url, HOSTILE_VALUES, REPO)
     marker = "(in item text)"  # ConversationItem.TEXT_IN_ITEM
     assert stored["vendor"] == "postgresql"
     assert stored["conversation"] == [64, 255, "a" * 64, "disconnect:" + "x" * 53]
