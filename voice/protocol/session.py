@@ -80,7 +80,11 @@ class RealtimeSession:
         self._bucket = TokenBucket(rate, 2 * rate, options.now)
         self._configs_stored = 0
         self.response: Response | None = None
-        self.close_code: int | None = None  # the runtime's close signal; a Realtime session never sets it
+        # What the runtime asks every protocol session (voice/runtime/fronts.py). A Realtime session
+        # never closes the socket itself, and its model is chosen at the handshake (?model_type=).
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.model_type: str | None = None
         self._frames = FrameAssembler()
         self.turns = TurnDetector()
         self._speech_item_id: str | None = None

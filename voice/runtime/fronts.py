@@ -36,6 +36,8 @@ class ProtocolSession(Protocol):
     conversation_id: str
     events: Any  # builds `error` events: ProtocolEvents
     close_code: int | None  # set: close the socket with it once these effects are sent
+    close_reason: str | None  # and why (stored as the conversation's end reason)
+    model_type: str | None  # the model the session asked for after the handshake, if any
 
     def start(self) -> Effects: ...
     def receive(self, text: str | bytes) -> Effects: ...

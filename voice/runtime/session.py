@@ -340,12 +340,12 @@ class SessionRuntime:
         await self._send_events(effects.events)
         if effects.records:
             await self.recorder.add(effects.records)
-        wanted = getattr(self.session, "model_type", None)
+        wanted = self.session.model_type
         if wanted is not None and wanted != self.model_type and not self.end_reason:
             await self._switch_model(wanted)
         if self.session.close_code is not None and not self.end_reason:
             # The protocol ended the session itself (Live: session.closed was just sent).
-            reason = str(getattr(self.session, "close_reason", None) or "closed_by_protocol")
+            reason = self.session.close_reason or "closed_by_protocol"
             await self.end(reason, close_code=self.session.close_code)
 
     async def _switch_model(self, model_type: str) -> None:
