@@ -61,8 +61,8 @@ def engine(demo_checkpoint: Path):
     engine.stop()
 
 
-async def run_alone(checkpoint: Path, frames: list[np.ndarray]) -> list[FrameOutput]:
-    engine = make_engine(checkpoint)
+async def run_alone(checkpoint: Path, frames: list[np.ndarray], batch_size: int = 4) -> list[FrameOutput]:
+    engine = make_engine(checkpoint, batch_size=batch_size)
     try:
         slot = engine.acquire(asyncio.get_running_loop())
         assert slot is not None
@@ -263,3 +263,81 @@ async def test_a_paced_slot_never_steps_ahead_of_the_tick(demo_checkpoint: Path)
         assert caught_up < paced_took
     finally:
         engine.stop()
+
+
+# --- the streaming state is as wide as the live slots need ----------------------------------------
+
+
+async def test_a_large_batch_steps_only_the_rows_its_live_slots_need(demo_checkpoint: Path) -> None:
+    """64 slots, one live: each step runs 8 rows, not 64 (set_exec_mask saves no compute)."""
+    engine = make_engine(demo_checkpoint, batch_size=64)
+    try:
+        assert engine.resize_step == 8 and engine.stats.rows == 8
+        slot = engine.acquire(asyncio.get_running_loop())
+        assert slot is not None
+        for frame in speech_like(8, 4):
+            slot.push(frame)
+        await collect(slot, 3)
+        assert engine.stats.rows_stepped == 8 and engine.stats.resizes == 0
+    finally:
+        engine.stop()
+
+
+async def test_slots_are_taken_lowest_first_and_the_state_follows_the_live_count(demo_checkpoint: Path) -> None:
+    engine = make_engine(demo_checkpoint, batch_size=64)
+    try:
+        loop = asyncio.get_running_loop()
+        slots = [engine.acquire(loop) for _ in range(12)]
+        assert [slot.index for slot in slots] == list(range(12))
+        for slot in slots:
+            slot.push(speech_like(9, 1)[0])
+        for slot in slots:
+            await asyncio.wait_for(slot.outbox.get(), TIMEOUT)
+        assert engine.stats.rows == 16 and engine.stats.rows_stepped == 16, "12 live slots fit in 16 rows"
+        for slot in slots[:9]:
+            slot.release()
+        again = engine.acquire(loop)
+        assert again is not None and again.index == 0, "a new session takes the lowest free slot"
+        slots[11].push(speech_like(10, 1)[0])
+        await asyncio.wait_for(slots[11].outbox.get(), TIMEOUT)
+        assert engine.stats.rows == 8 and engine.stats.rows_stepped == 8, "4 live slots: back to 8 rows"
+        assert sorted(engine._rows.values()) == [0, 1, 2, 3], "the live rows are compacted"
+    finally:
+        engine.stop()
+
+
+async def test_a_slot_hears_only_its_own_audio_across_resizes(demo_checkpoint: Path) -> None:
+    """Sessions arriving and leaving move a running slot's row, never its state or its output."""
+    engine = make_engine(demo_checkpoint, batch_size=64)
+    try:
+        loop = asyncio.get_running_loop()
+        steady = engine.acquire(loop)
+        assert steady is not None
+        frames = speech_like(11, 24)
+        for frame in frames[:8]:
+            steady.push(frame)
+        outputs = await collect(steady, 7)
+        crowd = [engine.acquire(loop) for _ in range(10)]  # 11 live: the state grows to 16 rows
+        crowd_frames = [speech_like(200 + n, 8) for n in range(len(crowd))]
+        for step, frame in enumerate(frames[8:16]):
+            steady.push(frame)
+            for slot, own in zip(crowd, crowd_frames, strict=True):
+                slot.push(own[step])
+        outputs += await collect(steady, 8)
+        crowd_outputs = [await collect(slot, 7) for slot in crowd]
+        assert engine.stats.rows == 16
+        restarted = engine.acquire(loop)  # another newcomer restarts a row of the grown state
+        for slot in crowd:
+            slot.release()  # 2 live: the state shrinks back to 8 rows, with steady's row moved
+        for frame in frames[16:]:
+            steady.push(frame)
+        for frame in crowd_frames[3]:
+            restarted.push(frame)
+        outputs += await collect(steady, 8)
+        restarted_outputs = await collect(restarted, 7)
+        assert engine.stats.rows == 8 and engine.stats.resizes >= 2
+    finally:
+        engine.stop()
+    assert_same(outputs, await run_alone(demo_checkpoint, frames, batch_size=64))
+    assert_same(crowd_outputs[3], await run_alone(demo_checkpoint, crowd_frames[3], batch_size=64))
+    assert_same(restarted_outputs, crowd_outputs[3])

@@ -1,12 +1,23 @@
 """One model, many sessions: a fixed set of slots stepped together on an inference thread.
 
-Moshi's streaming state has a batch dimension. Each live session owns one slot of it; every tick
-the thread takes one frame from each slot that has one ready (or that must keep talking), runs one
-batched Mimi encode -> LMGen step -> Mimi decode, and hands each slot its own text and audio back
-on the event loop. Slots without input are skipped with ``set_exec_mask``; a new session restarts
-only its own slot with ``reset_streaming(mask)``. LMGen runs with ``support_out_of_sync=True`` so a
-restart does not stall the other slots (see docs/architecture.md); a restarted slot's first outputs carry the
-ungenerated token id and are skipped for that slot alone.
+Moshi's streaming state has a batch dimension. Each live session owns one slot, and each slot one
+*row* of that state; every tick the thread takes one frame from each slot that has one ready (or
+that must keep talking), runs one batched Mimi encode -> LMGen step -> Mimi decode, and hands each
+slot its own text and audio back on the event loop. Rows without input are skipped with
+``set_exec_mask``; a new session restarts only its own row with ``reset_streaming(mask)``. LMGen
+runs with ``support_out_of_sync=True`` so a restart does not stall the other slots (see
+docs/architecture.md); a restarted slot's first outputs carry the ungenerated token id and are
+skipped for that slot alone.
+
+**A step costs what the live sessions cost.** ``set_exec_mask`` skips state updates, not compute,
+so a state as wide as ``batch_size`` (REALTIME_MAX_SESSIONS) would cost the whole batch however few
+sessions are live. So the state is only as wide as the live sessions need: its row count is the
+live count rounded up to ``resize_step`` rows (see ``rows_for``). When a new
+session finds no free row, or the live count falls well below the width, the engine builds a
+streaming state of the new width (``streaming_forever`` on fresh states) and copies the live rows
+into it, compacted (``_copy_rows``): a slot's row moves, its state does not change, so its tokens
+are those it would get alone. One batched step per tick, never one per group: on this CPU a step
+has a fixed cost (~22 ms on the demo checkpoint) that grouping would pay once per group.
 
 Model work never runs on the event loop: the loop only appends to a slot's bounded inbox and reads
 results from its bounded outbox.
@@ -26,7 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from moshi.models import LMGen
-from moshi.utils.compile import no_compile
+from moshi.modules.streaming import State
+from moshi.modules.transformer import RingKVCache
+from moshi.utils.compile import CUDAGraphed, no_compile
 
 from .checkpoint import LoadedModel
 from .slots import FRAME_SAMPLES, EngineFailure, FrameOutput, Slot
@@ -35,6 +48,8 @@ from .vad import SpeechDetector
 log = logging.getLogger(__name__)
 
 TEXT_PADDING_IDS = (0, 3)
+# The streaming state grows and shrinks in steps of this many rows (on the CPU; see BatchedEngine).
+RESIZE_STEP = 8
 
 
 @dataclass
@@ -49,17 +64,38 @@ class _Batch:
     frames: dict[int, np.ndarray]
     client_audio: dict[int, bool]
     enqueued: dict[int, float]
+    prep_s: float = 0.0  # restarting rows and resizing the state before the step
 
 
 @dataclass
 class EngineStats:
     steps: int = 0
     last_step_s: float = 0.0
+    rows: int = 0  # the streaming state's current width (rows stepped per tick)
+    rows_stepped: int = 0  # the width of the last step
+    resizes: int = 0  # how many times the state was rebuilt at another width
     step_seconds: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
 
 
 class BatchedEngine:
-    """The batched streaming state of one loaded model and the thread that steps it."""
+    """The batched streaming state of one loaded model and the thread that steps it.
+
+    ``batch_size`` is the number of slots (sessions); the streaming state has ``rows_for(live)``
+    rows, a multiple of ``resize_step`` at most ``batch_size``. ``resize_step=None`` picks
+    ``RESIZE_STEP`` on the CPU and a fixed full-width state (``batch_size``) on CUDA, as before:
+
+    - on a GPU a step's cost hardly depends on the batch at these sizes, and a fixed shape is what
+      torch.compile and CUDA graphs want. Moshi's CUDA graphs (``CUDAGraphed``) live in the
+      streaming state objects (LMGen's ``graphed_main``/``graphed_depth``, Mimi's encoder and
+      decoder, each root state's exec-mask graph) and capture the addresses of that state's
+      tensors. A resize builds new states, hence new graphs, captured again on their second call;
+      rows are copied in place (``copy_``/``index_copy``) into tensors no graph has captured yet,
+      so resizing is correct with graphs on, only slower for the steps after a resize (and with
+      ``compile=True`` each width compiles once). That reasoning is not yet checked on a GPU:
+      pass ``resize_step`` explicitly to resize there too.
+    - LMGen with classifier-free guidance (``cfg_coef != 1``) doubles the LM's batch; resizing
+      is not done then (the state stays ``batch_size`` wide).
+    """
 
     def __init__(
         self,
@@ -73,6 +109,7 @@ class BatchedEngine:
         lm_gen_overrides: dict | None = None,
         on_step: Callable[[float], None] | None = None,
         step_lock: threading.Lock | None = None,
+        resize_step: int | None = None,
     ) -> None:
         self.model = model
         self.batch_size = batch_size
@@ -93,8 +130,16 @@ class BatchedEngine:
         torch.manual_seed(seed)
         lm_gen_config = {**model.info.lm_gen_config, **(lm_gen_overrides or {})}
         self.lm_gen = LMGen(model.lm, support_out_of_sync=True, **lm_gen_config)
-        self.model.mimi.streaming_forever(batch_size)
-        self.lm_gen.streaming_forever(batch_size)
+        if resize_step is None:
+            resize_step = batch_size if self.device.type == "cuda" else RESIZE_STEP
+        if self.lm_gen.cfg_coef != 1.0:
+            resize_step = batch_size
+        self.resize_step = max(1, min(resize_step, batch_size))
+        # Inference thread only (and warm-up before it starts): each live slot's row in the state.
+        self._rows: dict[int, int] = {}
+        self._width = 0
+        self._resize(self.rows_for(0), {})
+        self.stats.resizes = 0
         self._thread = threading.Thread(target=self._run, name=f"moshi-{model.name}", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -113,9 +158,9 @@ class BatchedEngine:
         """Run a few batched steps on silence before the first session (compiles kernels on GPU)."""
         started = time.perf_counter()
         with self._compile_context():
-            everyone = torch.ones(self.batch_size, dtype=torch.bool)
+            everyone = torch.ones(self._width, dtype=torch.bool)
             for _ in range(frames):
-                self._step(torch.zeros(self.batch_size, 1, FRAME_SAMPLES), everyone, everyone)
+                self._step_rows(torch.zeros(self._width, 1, FRAME_SAMPLES), everyone, everyone)
             self.model.mimi.reset_streaming()
             self.lm_gen.reset_streaming()
             # Each slot's VAD is a TorchScript model whose first calls are slow (~50 ms): pay that
@@ -126,7 +171,13 @@ class BatchedEngine:
                 vad.reset()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        log.info("warm-up of %s (batch %d) took %.1fs", self.model.name, self.batch_size, time.perf_counter() - started)
+        log.info(
+            "warm-up of %s (%d slots, %d rows) took %.1fs",
+            self.model.name,
+            self.batch_size,
+            self._width,
+            time.perf_counter() - started,
+        )
 
     # --- slots --------------------------------------------------------------------------------
 
@@ -181,11 +232,13 @@ class BatchedEngine:
                         for index, frame in batch.frames.items()
                     }
                     with self.step_lock:
-                        started = time.perf_counter()  # the model step alone: not the VAD, not the lock wait
+                        # The model's work alone (row restarts and resizes included): not the VAD,
+                        # not the lock wait.
+                        started = time.perf_counter()
                         try:
                             outputs = self._step(batch.inputs, batch.exec_mask, batch.fresh_mask)
                         finally:
-                            self._record_step(time.perf_counter() - started)
+                            self._record_step(time.perf_counter() - started + batch.prep_s)
                 except Exception as exc:  # noqa: BLE001 - one failed step must not kill every session
                     log.exception("model step failed")
                     for slot in batch.owners.values():
@@ -257,20 +310,112 @@ class BatchedEngine:
                 batch.fresh_mask[index] = slot.fresh
                 slot.fresh = False
                 batch.owners[index] = slot
-            resets = self._pending_reset.clone()
+            resets = set(torch.nonzero(self._pending_reset).flatten().tolist())
             self._pending_reset[:] = False
-        if resets.any():
-            self.model.mimi.reset_streaming(resets)
-            self.lm_gen.reset_streaming(resets)
-            for index in torch.nonzero(resets).flatten().tolist():
-                self._vads[index].reset()
+            live = {index for index, slot in enumerate(self.slots) if slot is not None}
+        started = time.perf_counter()
+        self._arrange(live, resets)
+        batch.prep_s = time.perf_counter() - started
+        for index in resets:
+            self._vads[index].reset()
         return batch
+
+    # --- rows: the streaming state as wide as the live slots need ------------------------------
+
+    def rows_for(self, live: int) -> int:
+        """The state's width for ``live`` slots: whole steps of ``resize_step`` rows, at least one.
+
+        It grows as soon as a slot finds no free row and shrinks only when half a step more would
+        still fit in a narrower state: with steps of 8 it grows to 16 rows at the 9th live slot and
+        back to 8 when 4 are left, so a session coming and going at a step's edge does not resize
+        it each time.
+        """
+        step = self.resize_step
+        return max(1, min(self.batch_size, max(step, -(-live // step) * step)))
+
+    def _arrange(self, live: set[int], resets: set[int]) -> None:
+        """Give each live slot a row: keep the rows of running slots, restart the new ones' rows.
+
+        Resizes the state when the live slots no longer fit, or would fit in a narrower one.
+        """
+        keep = {index: row for index, row in self._rows.items() if index in live and index not in resets}
+        newcomers = sorted(index for index in live if index not in keep)
+        count = len(keep) + len(newcomers)
+        if count > self._width or self.rows_for(count + self.resize_step // 2) < self._width:
+            self._resize(self.rows_for(count), keep)  # the new state's free rows are fresh
+            rows = dict(self._rows)
+            for index, row in zip(newcomers, range(len(rows), self._width), strict=False):
+                rows[index] = row
+            self._rows = rows
+            return
+        taken = set(keep.values())
+        free = (row for row in range(self._width) if row not in taken)
+        restart = torch.zeros(self._width, dtype=torch.bool)
+        for index in newcomers:
+            keep[index] = next(free)
+            restart[keep[index]] = True
+        self._rows = keep
+        if restart.any():
+            self.model.mimi.reset_streaming(restart.to(self.device))
+            self.lm_gen.reset_streaming(restart.to(self.device))
+
+    def _modules(self) -> tuple:
+        # LMGen's language model is streaming-detached: its state (the KV caches) is not part of
+        # LMGen's own and must be carried along with it.
+        return (self.model.mimi, self.lm_gen, self.model.lm)
+
+    def _resize(self, width: int, keep: dict[int, int]) -> None:
+        """Rebuild the streaming state ``width`` rows wide; ``keep``'s slots get rows 0.., in order."""
+        modules = self._modules()
+        old = [module.get_streaming_state() for module in modules] if self._width else None
+        if old is not None:
+            for module, states in zip(modules, old, strict=True):
+                module.set_streaming_state(dict.fromkeys(states))  # detached, not exited: kept in `old`
+        self.model.mimi.streaming_forever(width)
+        self.lm_gen.streaming_forever(width)  # enters the LM's streaming too
+        new = [module.get_streaming_state() for module in modules]
+        order = sorted(keep)
+        if old is not None and order:
+            source = torch.tensor([keep[index] for index in order], device=self.device)
+            target = torch.arange(len(order), device=self.device)
+            for old_states, new_states in zip(old, new, strict=True):
+                for name, state in new_states.items():
+                    _copy_rows(old_states[name], state, source, target)
+        else:
+            for states in new:
+                for state in states.values():
+                    _check_resizable(state)
+        self._rows = {index: row for row, index in enumerate(order)}
+        self._width = width
+        self.stats.rows = width
+        self.stats.resizes += 1
+        log.debug("%s: streaming state resized to %d rows (%d kept)", self.model.name, width, len(order))
 
     def _step(
         self, inputs: torch.Tensor, exec_mask: torch.Tensor, fresh_mask: torch.Tensor
     ) -> dict[int, tuple[str | None, np.ndarray]]:
-        """One batched encode -> LM step -> decode; returns each executed slot's valid output."""
+        """One batched step for the slots in ``exec_mask`` (all indexed by slot); their valid output."""
+        rows = torch.zeros(self._width, 1, FRAME_SAMPLES)
+        row_exec = torch.zeros(self._width, dtype=torch.bool)
+        row_fresh = torch.zeros(self._width, dtype=torch.bool)
+        stepped = {}
+        for index, row in self._rows.items():
+            if exec_mask[index]:
+                rows[row] = inputs[index]
+                row_exec[row] = True
+                row_fresh[row] = fresh_mask[index]
+                stepped[row] = index
+        if not stepped:
+            return {}
+        outputs = self._step_rows(rows, row_exec, row_fresh)
+        return {stepped[row]: output for row, output in outputs.items()}
+
+    def _step_rows(
+        self, inputs: torch.Tensor, exec_mask: torch.Tensor, fresh_mask: torch.Tensor
+    ) -> dict[int, tuple[str | None, np.ndarray]]:
+        """One batched encode -> LM step -> decode over the state's rows; each executed row's valid output."""
         mimi, lm_gen = self.model.mimi, self.lm_gen
+        self.stats.rows_stepped = inputs.shape[0]
         device_mask = exec_mask.to(self.device)
         mimi.set_exec_mask(device_mask)
         codes = mimi.encode(inputs.to(self.device))
@@ -296,3 +441,41 @@ class BatchedEngine:
                 text = self.model.tokenizer.id_to_piece(text_id).replace("\u2581", " ")
             results[index] = (text, pcm[index, 0].copy())
         return results
+
+
+# What a streaming state may hold besides tensors with the batch first: copied as they are (batch-wide
+# counters such as offset_cpu only matter to per-step weights, which the streaming models here
+# do not use outside the depth transformer, whose state lives for one step) or rebuilt with it.
+_BATCH_WIDE = (int, float, bool, str, torch.device, type(None), CUDAGraphed, contextlib.ExitStack)
+
+
+def _check_resizable(state: State) -> None:
+    """Refuse a state this engine does not know how to copy row by row (a newer moshi's)."""
+    for name, value in vars(state).items():
+        if not (torch.is_tensor(value) or isinstance(value, (*_BATCH_WIDE, RingKVCache)) or callable(value)):
+            raise TypeError(f"cannot resize {type(state).__name__}: unknown field {name} ({type(value).__name__})")
+
+
+def _copy_rows(old: State, new: State, source: torch.Tensor, target: torch.Tensor) -> None:
+    """Copy rows ``source`` of one moshi streaming state into rows ``target`` of another, in place.
+
+    Tensors whose first dimension is the batch in both states are copied row by row; the KV
+    cache's batch is its second dimension. Anything else (per-model constants such as LMGen's
+    ``initial``, CUDA graphs, callbacks) belongs to the new state already.
+    """
+    if type(old) is not type(new):
+        raise TypeError(f"cannot copy {type(old).__name__} rows into {type(new).__name__}")
+    _check_resizable(old)
+    for name, value in vars(old).items():
+        fresh = getattr(new, name)
+        if isinstance(value, RingKVCache):
+            fresh.cache.index_copy_(1, target, value.cache.index_select(1, source))
+            if value.respect_exec_mask:
+                fresh.end_offset.index_copy_(0, target, value.end_offset.index_select(0, source))
+            else:  # one offset for the whole batch (moshi's caches that ignore the exec mask)
+                fresh.end_offset.copy_(value.end_offset)
+        elif torch.is_tensor(value):
+            if value.dim() and value.shape[0] == old.batch_size and fresh.shape[0] == new.batch_size:
+                fresh.index_copy_(0, target, value.index_select(0, source))
+        elif name == "offset_cpu":
+            setattr(new, name, value)

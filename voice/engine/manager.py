@@ -38,6 +38,9 @@ class ManagerConfig:
     compile: str = "auto"
     seed: int = 0
     engine: str = "batched"  # "serial": the seed's one-session-at-a-time design, for benchmarks
+    # The batched state grows and shrinks in steps of this many rows; None: 8 on the CPU, a fixed
+    # full-width state on CUDA (see BatchedEngine).
+    resize_step: int | None = None
     # Told (model type, seconds) after each model step, on the inference thread: the metrics.
     on_step: Callable[[str, float], None] | None = None
 
@@ -82,7 +85,9 @@ class ModelManager:
             if self.config.engine == "serial":
                 engine = SerialPool(model, sessions=self.config.max_sessions, **options)
             else:
-                engine = BatchedEngine(model, batch_size=self.config.max_sessions, **options)
+                engine = BatchedEngine(
+                    model, batch_size=self.config.max_sessions, resize_step=self.config.resize_step, **options
+                )
             engine.start()
             self.engines[model_type] = engine
             log.info(
