@@ -56,6 +56,7 @@ def load_models() -> None:
         compile=config["TORCH_COMPILE"],
         seed=config["SEED"],
         engine=config["ENGINE"],
+        resize_step=config["RESIZE_STEP"] or None,
         on_step=metrics.observe_step,
     )
     try:

@@ -120,6 +120,12 @@ VARIABLES: tuple[Variable, ...] = (
         "REALTIME_MAX_SESSIONS", 8, "slots per model: concurrent sessions stepped together in one batch", "MAX_SESSIONS"
     ),
     Variable(
+        "REALTIME_RESIZE_STEP",
+        0,
+        "the streaming state grows and shrinks in steps of this many rows with the live sessions; `0` = 8 on the CPU, fixed at `REALTIME_MAX_SESSIONS` on CUDA (graphs, compile)",
+        "RESIZE_STEP",
+    ),
+    Variable(
         "REALTIME_TICK_MS",
         80.0,
         "one batched model step per tick (one Mimi frame); `0` steps as soon as a frame is ready",
