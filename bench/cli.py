@@ -100,10 +100,14 @@ def bench_mode(
     mode: str, ks: list[int], args: argparse.Namespace, audio: dict[str, bytes], out: Path
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"realtime-bench-{mode}-"))
-    server = Server(mode, max(ks), workdir, out / f"daphne-{mode}.log")
-    result: dict[str, Any] = {"mode": mode, "max_sessions": max(ks), "ks": []}
+    max_sessions = args.max_sessions or max(ks)
+    server = Server(mode, max_sessions, workdir, out / f"daphne-{mode}.log")
+    result: dict[str, Any] = {"mode": mode, "max_sessions": max_sessions, "ks": []}
     try:
-        print(f"[{mode}] starting daphne on 127.0.0.1:{server.port} (REALTIME_MAX_SESSIONS={max(ks)}) ...", flush=True)
+        print(
+            f"[{mode}] starting daphne on 127.0.0.1:{server.port} (REALTIME_MAX_SESSIONS={max_sessions}) ...",
+            flush=True,
+        )
         server.start(timeout=args.startup_timeout)
         result.update(port=server.port, startup_s=round(server.startup_s, 1), healthz=server.ready_info)
         print(f"[{mode}] ready in {server.startup_s:.1f}s: {server.ready_info}", flush=True)
@@ -192,6 +196,12 @@ def main() -> int:
     parser.add_argument(
         "--warmup-sessions", type=int, default=0, help="sessions in the warm-up (default: the largest K, every slot)"
     )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=0,
+        help="REALTIME_MAX_SESSIONS of the server (default: the largest K); larger shows an over-sized batch",
+    )
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for migrate + model load")
     parser.add_argument("--audio-dir", default=str(DEFAULT_AUDIO), help="folder with the test speech (tests/audio)")
     parser.add_argument(
@@ -203,8 +213,10 @@ def main() -> int:
     args = parser.parse_args()
     ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    if not ks or min(ks) < 1 or any(mode not in MODES for mode in modes):
-        parser.error(f"--ks needs positive integers and --modes a subset of {MODES}")
+    if not ks or min(ks) < 1 or any(mode not in MODES for mode in modes) or 0 < args.max_sessions < max(ks):
+        parser.error(
+            f"--ks needs positive integers, --modes a subset of {MODES}, --max-sessions at least the largest K"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     audio_dir = Path(args.audio_dir)
@@ -218,6 +230,7 @@ def main() -> int:
             "drain_s": args.drain,
             "warmup_s": args.warmup,
             "warmup_sessions": args.warmup_sessions or max(ks),
+            "max_sessions": args.max_sessions or max(ks),
             "modes": modes,
             "frame_ms": FRAME_S * 1000,
             "real_time_bound_ms": REAL_TIME_BOUND_S * 1000,

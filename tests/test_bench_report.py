@@ -318,4 +318,4 @@ def test_entry_point_runs_as_a_script_from_anywhere(tmp_path: Path) -> None:
         [sys.executable, script, "--ks", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 2
-    assert "--ks needs positive integers and --modes a subset of ('batched', 'serial')" in done.stderr
+    assert "--ks needs positive integers, --modes a subset of ('batched', 'serial')" in done.stderr
