@@ -42,10 +42,11 @@ MODES = ("batched", "serial")
 class Server(LiveServer):
     """One daphne per engine mode, in its own process, temporary folder, database and checkpoint."""
 
-    def __init__(self, mode: str, max_sessions: int, workdir: Path, log_path: Path) -> None:
+    def __init__(self, mode: str, max_sessions: int, workdir: Path, log_path: Path, model: str = "") -> None:
         super().__init__(
             workdir,
             {
+                "SFT_MODEL": model,  # "": the demo checkpoint (the launcher ignores the caller's SFT_MODEL)
                 "REALTIME_ENGINE": mode,
                 "REALTIME_MAX_SESSIONS": str(max_sessions),
                 "RESPONSE_MAX_MS": "3600000",  # responses never end on their own during a run
@@ -101,7 +102,7 @@ def bench_mode(
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"realtime-bench-{mode}-"))
     max_sessions = args.max_sessions or max(ks)
-    server = Server(mode, max_sessions, workdir, out / f"daphne-{mode}.log")
+    server = Server(mode, max_sessions, workdir, out / f"daphne-{mode}.log", model=args.model)
     result: dict[str, Any] = {"mode": mode, "max_sessions": max_sessions, "ks": []}
     try:
         print(
@@ -197,6 +198,11 @@ def main() -> int:
         "--warmup-sessions", type=int, default=0, help="sessions in the warm-up (default: the largest K, every slot)"
     )
     parser.add_argument(
+        "--model",
+        default="",
+        help="SFT_MODEL of the server: a Hub repo id or local folder (default: the demo checkpoint)",
+    )
+    parser.add_argument(
         "--max-sessions",
         type=int,
         default=0,
@@ -231,6 +237,7 @@ def main() -> int:
             "warmup_s": args.warmup,
             "warmup_sessions": args.warmup_sessions or max(ks),
             "max_sessions": args.max_sessions or max(ks),
+            "model": args.model or "demo checkpoint",
             "modes": modes,
             "frame_ms": FRAME_S * 1000,
             "real_time_bound_ms": REAL_TIME_BOUND_S * 1000,
