@@ -15,7 +15,7 @@ sessions are live. So the state is only as wide as the live sessions need: its r
 live count rounded up to ``resize_step`` rows (see ``rows_for``). When a new
 session finds no free row, or the live count falls well below the width, the engine builds a
 streaming state of the new width (``streaming_forever`` on fresh states) and copies the live rows
-into it, compacted (``_copy_rows``): a slot's row moves, its state does not change, so its tokens
+into it, compacted (state_rows.copy_rows): a slot's row moves, its state does not change, so its tokens
 are those it would get alone. One batched step per tick, never one per group: on this CPU a step
 has a fixed cost (~22 ms on the demo checkpoint) that grouping would pay once per group.
 
@@ -37,12 +37,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from moshi.models import LMGen
-from moshi.modules.streaming import State
-from moshi.modules.transformer import RingKVCache
-from moshi.utils.compile import CUDAGraphed, no_compile
+from moshi.utils.compile import no_compile
 
 from .checkpoint import LoadedModel
 from .slots import FRAME_SAMPLES, EngineFailure, FrameOutput, Slot
+from .state_rows import check_resizable, copy_rows
 from .vad import SpeechDetector
 
 log = logging.getLogger(__name__)
@@ -380,11 +379,11 @@ class BatchedEngine:
             target = torch.arange(len(order), device=self.device)
             for old_states, new_states in zip(old, new, strict=True):
                 for name, state in new_states.items():
-                    _copy_rows(old_states[name], state, source, target)
+                    copy_rows(old_states[name], state, source, target)
         else:
             for states in new:
                 for state in states.values():
-                    _check_resizable(state)
+                    check_resizable(state)
         self._rows = {index: row for row, index in enumerate(order)}
         self._width = width
         self.stats.rows = width
@@ -441,41 +440,3 @@ class BatchedEngine:
                 text = self.model.tokenizer.id_to_piece(text_id).replace("\u2581", " ")
             results[index] = (text, pcm[index, 0].copy())
         return results
-
-
-# What a streaming state may hold besides tensors with the batch first: copied as they are (batch-wide
-# counters such as offset_cpu only matter to per-step weights, which the streaming models here
-# do not use outside the depth transformer, whose state lives for one step) or rebuilt with it.
-_BATCH_WIDE = (int, float, bool, str, torch.device, type(None), CUDAGraphed, contextlib.ExitStack)
-
-
-def _check_resizable(state: State) -> None:
-    """Refuse a state this engine does not know how to copy row by row (a newer moshi's)."""
-    for name, value in vars(state).items():
-        if not (torch.is_tensor(value) or isinstance(value, (*_BATCH_WIDE, RingKVCache)) or callable(value)):
-            raise TypeError(f"cannot resize {type(state).__name__}: unknown field {name} ({type(value).__name__})")
-
-
-def _copy_rows(old: State, new: State, source: torch.Tensor, target: torch.Tensor) -> None:
-    """Copy rows ``source`` of one moshi streaming state into rows ``target`` of another, in place.
-
-    Tensors whose first dimension is the batch in both states are copied row by row; the KV
-    cache's batch is its second dimension. Anything else (per-model constants such as LMGen's
-    ``initial``, CUDA graphs, callbacks) belongs to the new state already.
-    """
-    if type(old) is not type(new):
-        raise TypeError(f"cannot copy {type(old).__name__} rows into {type(new).__name__}")
-    _check_resizable(old)
-    for name, value in vars(old).items():
-        fresh = getattr(new, name)
-        if isinstance(value, RingKVCache):
-            fresh.cache.index_copy_(1, target, value.cache.index_select(1, source))
-            if value.respect_exec_mask:
-                fresh.end_offset.index_copy_(0, target, value.end_offset.index_select(0, source))
-            else:  # one offset for the whole batch (moshi's caches that ignore the exec mask)
-                fresh.end_offset.copy_(value.end_offset)
-        elif torch.is_tensor(value):
-            if value.dim() and value.shape[0] == old.batch_size and fresh.shape[0] == new.batch_size:
-                fresh.index_copy_(0, target, value.index_select(0, source))
-        elif name == "offset_cpu":
-            setattr(new, name, value)
