@@ -14,12 +14,12 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from voice.conf import read_environment, voice_settings
+from voice.environment import read_environment, voice_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-# Every variable, its default and its type are declared once, in voice/conf.py; parsed here, once.
+# Every variable, its default and its type are declared once, in voice/environment.py; parsed here, once.
 ENV = read_environment(os.environ)
 
 # Closed by default: DEBUG (tracebacks, URL lists on a 404, an open Realtime endpoint, open /metrics)
@@ -139,7 +139,7 @@ MEDIA_ROOT = BASE_DIR / ENV["MEDIA_ROOT"]  # an absolute MEDIA_ROOT stays as it 
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# The voice app's own settings, one dict (voice/conf.py says what each key does).
+# The voice app's own settings, one dict (voice/environment.py says what each variable does).
 VOICE = voice_settings(ENV)
 
 LOGGING = {

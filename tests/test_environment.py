@@ -1,4 +1,4 @@
-"""One settings source: voice/conf.py's VARIABLES, parsed once, and the docs generated from it."""
+"""One settings source: voice/environment.py's VARIABLES, parsed once, and the docs generated from it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from voice.conf import BY_ENV, DEFAULTS, VARIABLES, get_config, read_environment, voice_settings
+from voice.conf import DEFAULTS, get_config
+from voice.environment import BY_ENV, VARIABLES, read_environment, voice_settings
 from voice.management.commands.environment import env_example, markdown_table
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """Moshi behind the sessions: loading, the batched engine, its slots, the process-wide manager.
 
 Plain Python and torch, no Django: the model types are named here, once, for the engine and the
-settings (voice/conf.py) alike.
+settings (voice/environment.py, voice/conf.py) alike.
 """
 
 # The model types a session can pick with ?model_type=, each loaded from its own setting

@@ -1,4 +1,4 @@
-"""`manage.py environment`: the server's environment variables, from voice/conf.py's one list.
+"""`manage.py environment`: the server's environment variables, from voice/environment.py's one list.
 
     manage.py environment --markdown   the README's configuration table
     manage.py environment --env        .env.example: every variable with its default
@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from voice.conf import VARIABLES
+from voice.environment import VARIABLES
 
 
 def markdown_table() -> str:
