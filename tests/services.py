@@ -7,7 +7,7 @@ the session's temporary folder, and stopped at the end: CI and a laptop take the
 `make test` installs the packages (postgresql, redis-server) when they are missing.
 
 PostgreSQL refuses to run as root; as root (CI, containers) it runs as the `postgres` system user
-that Debian's package creates.
+that Debian's package creates, as a direct child of the test process.
 """
 
 from __future__ import annotations
@@ -76,9 +76,11 @@ def _postgres_bin(name: str) -> str:
     return found
 
 
-def _as_postgres_user(command: list[str]) -> list[str]:
-    """Root may not run PostgreSQL: run it as the system user Debian's package made."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+def _as_postgres_user() -> dict[str, Any]:
+    """Root may not run PostgreSQL: run it as the system user Debian's package made. The server is
+    then our direct child (no `runuser` between), so stopping it signals PostgreSQL itself and a
+    kill after the timeout cannot leave it running as an orphan."""
+    return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
 
 
 def start_postgres() -> Throwaway:
@@ -97,7 +99,8 @@ def start_postgres() -> Throwaway:
         for path in (workdir, sockets):
             os.chown(path, user.pw_uid, user.pw_gid)
     initdb = subprocess.run(
-        _as_postgres_user([_postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+        [_postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        **_as_postgres_user(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -109,25 +112,24 @@ def start_postgres() -> Throwaway:
     log_path = workdir / "postgres.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            _as_postgres_user(
-                [
-                    _postgres_bin("postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-k",
-                    str(sockets),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                ]
-            ),
+            [
+                _postgres_bin("postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(sockets),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            **_as_postgres_user(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
