@@ -47,6 +47,33 @@ BETA_NAMES = {
 }
 
 
+# What LiveKit, openai-agents and pipecat send in session.update, merged (README, frameworks).
+FRAMEWORK_SESSION = {
+    "type": "realtime",
+    "model": "gpt-realtime-2.1",
+    "tracing": "auto",
+    "instructions": "You are a helpful voice AI assistant.",
+    "output_modalities": ["audio"],
+    "max_output_tokens": "inf",
+    "tool_choice": "auto",
+    "tools": [{"type": "function", "name": "get_weather", "description": "Weather", "parameters": {"type": "object"}}],
+    "audio": {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "noise_reduction": None,
+            "transcription": {"model": "gpt-4o-mini-transcribe"},
+            "turn_detection": {
+                "type": "semantic_vad",
+                "eagerness": "medium",
+                "create_response": True,
+                "interrupt_response": True,
+            },
+        },
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0},
+    },
+}
+
+
 # The same setting in each dialect's `session.update`.
 TURN_DETECTION_OFF = {
     Dialect.GA: {"type": "realtime", "audio": {"input": {"turn_detection": None}}},

@@ -12,33 +12,7 @@ from voice.testing.live_server import LiveServer
 
 from .e2e_support import ga_socket, live_server_fixture
 from .e2e_support import server_alive as server_alive  # autouse: each test first checks that daphne runs
-
-# What LiveKit, openai-agents and pipecat send in session.update, merged (README, frameworks).
-FRAMEWORK_SESSION = {
-    "type": "realtime",
-    "model": "gpt-realtime-2.1",
-    "tracing": "auto",
-    "instructions": "You are a helpful voice AI assistant.",
-    "output_modalities": ["audio"],
-    "max_output_tokens": "inf",
-    "tool_choice": "auto",
-    "tools": [{"type": "function", "name": "get_weather", "description": "Weather", "parameters": {"type": "object"}}],
-    "audio": {
-        "input": {
-            "format": {"type": "audio/pcm", "rate": 24000},
-            "noise_reduction": None,
-            "transcription": {"model": "gpt-4o-mini-transcribe"},
-            "turn_detection": {
-                "type": "semantic_vad",
-                "eagerness": "medium",
-                "create_response": True,
-                "interrupt_response": True,
-            },
-        },
-        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0},
-    },
-}
-
+from .protocol_client import FRAMEWORK_SESSION
 
 server = live_server_fixture("contract", {"RESPONSE_MAX_MS": "800"})
 

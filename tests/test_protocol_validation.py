@@ -12,7 +12,7 @@ import pytest
 from voice.protocol import Dialect, Effects
 from voice.protocol.validation import MAX_JSON_DEPTH, json_depth_exceeds
 
-from .protocol_client import BOTH, ProtocolClient, types
+from .protocol_client import BOTH, FRAMEWORK_SESSION, ProtocolClient, types
 
 GA, BETA = Dialect.GA, Dialect.BETA
 
@@ -355,29 +355,7 @@ def test_strings_that_are_stored_in_bounded_columns_are_bounded() -> None:
 def test_what_voice_agent_frameworks_send_is_accepted() -> None:
     """The settings and items LiveKit, openai-agents and pipecat send (see test_framework_contract)."""
     client = ProtocolClient()
-    client.update(
-        {
-            "type": "realtime",
-            "model": "gpt-realtime-2.1",
-            "tracing": "auto",
-            "instructions": "You are a helpful voice AI assistant.",
-            "output_modalities": ["audio"],
-            "max_output_tokens": "inf",
-            "tool_choice": "auto",
-            "tools": [
-                {"type": "function", "name": "get_weather", "description": "W", "parameters": {"type": "object"}}
-            ],
-            "audio": {
-                "input": {
-                    "format": {"type": "audio/pcm", "rate": 24000},
-                    "noise_reduction": None,
-                    "transcription": {"model": "gpt-4o-mini-transcribe"},
-                    "turn_detection": {"type": "semantic_vad", "eagerness": "medium", "create_response": True},
-                },
-                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0},
-            },
-        }
-    )
+    client.update(FRAMEWORK_SESSION)
     client.update({"type": "realtime", "tracing": None})
     history = {
         "id": "history_1",
