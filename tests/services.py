@@ -29,13 +29,9 @@ from typing import Any
 
 import psycopg
 
+from voice.testing.live_server import free_port
+
 STARTUP_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServiceUnavailable(RuntimeError):
@@ -110,30 +106,27 @@ def start_postgres() -> Throwaway:
         raise ServiceUnavailable(f"initdb failed ({initdb.returncode}): {initdb.stderr[-2000:]}")
     port = free_port()
     log_path = workdir / "postgres.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                _postgres_bin("postgres"),
-                "-D",
-                str(data),
-                "-p",
-                str(port),
-                "-k",
-                str(sockets),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ],
-            **_as_postgres_user(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    process = _spawn(
+        [
+            _postgres_bin("postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(sockets),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ],
+        log_path,
+        **_as_postgres_user(),
+    )
     service = Throwaway(f"postgresql://postgres@127.0.0.1:{port}/postgres", process, log_path, [workdir])
     _wait(service, lambda: _postgres_answers(service.url), "PostgreSQL")
     return service
@@ -150,28 +143,31 @@ def start_redis() -> Throwaway:
         )
     port = free_port()
     log_path = workdir / "redis.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    process = _spawn(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        log_path,
+    )
     service = Throwaway(f"redis://127.0.0.1:{port}", process, log_path, [workdir])
     _wait(service, lambda: redis_answers(service.url), "Redis")
     return service
+
+
+def _spawn(command: list[str], log_path: Path, **options: Any) -> subprocess.Popen[bytes]:
+    """A server process of the test session, its output in its log file."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **options)
 
 
 def redis_answers(url: str) -> bool:
