@@ -25,19 +25,29 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 # `make serve` is for local development: it sets the development values the server otherwise
 # refuses to run with (DEBUG, a known secret key, an open Realtime endpoint), each only when the
 # environment does not set it already, and says so. A deployment sets its own (see the README).
+# It runs the production process layout, deploy/supervisord.conf: REALTIME_WEB_WORKERS daphne
+# workers (unset or 0: one per core) on HOST:PORT and the engine process they share, in the
+# foreground; Ctrl-C (or SIGTERM to make) stops them all. REALTIME_RUN_DIR holds supervisord's
+# pidfile and sockets (one per instance).
 DEV_SECRET_KEY := dev-only-insecure-key-change-me
 serve: export DJANGO_DEBUG ?= 1
 serve: export DJANGO_SECRET_KEY ?= $(DEV_SECRET_KEY)
 serve: export REALTIME_OPEN_ENDPOINT ?= 1
+serve: override export REALTIME_WEB_WORKERS := $(or $(filter-out 0,$(strip $(REALTIME_WEB_WORKERS))),$(shell nproc))
+serve: export REALTIME_HOST := $(HOST)
+serve: export REALTIME_PORT := $(PORT)
+serve: export REALTIME_RUN_DIR ?= $(CURDIR)/var/run
+serve: export PATH := $(abspath $(BIN)):$(PATH)
 serve: $(STAMP)
 	@echo "make serve: development settings, not for production: DJANGO_DEBUG=$(DJANGO_DEBUG)," \
 		"REALTIME_OPEN_ENDPOINT=$(REALTIME_OPEN_ENDPOINT)," \
 		"$(if $(filter $(DEV_SECRET_KEY),$(DJANGO_SECRET_KEY)),the development DJANGO_SECRET_KEY,DJANGO_SECRET_KEY from the environment)"
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py make_demo_checkpoint
-	$(BIN)/daphne --bind $(HOST) --port $(PORT) --websocket_timeout -1 \
-		--websocket-max-message-size 16777216 --websocket-max-frame-size 16777216 \
-		realtime_project.asgi:application
+	mkdir -p "$(REALTIME_RUN_DIR)"
+	@echo "make serve: $(REALTIME_WEB_WORKERS) daphne workers on http://$(HOST):$(PORT) and one engine process" \
+		"(deploy/supervisord.conf)$(if $(REDIS_URL),,; without REDIS_URL the console sees only the sessions of the worker it reaches)"
+	exec $(BIN)/supervisord -n -c deploy/supervisord.conf
 
 test: $(DEV_STAMP) system-packages
 	$(BIN)/ruff check .
