@@ -103,6 +103,11 @@ DATABASES = {
         conn_max_age=0,
     )
 }
+# SQLite with several processes (the daphne workers of deploy/supervisord.conf write to one file): a
+# writer waits up to 20 s for another's lock instead of failing at once with "database is locked",
+# and WAL lets readers go on while one process writes. PostgreSQL is left as configured.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "init_command": "PRAGMA journal_mode=WAL"})
 
 REDIS_URL = ENV["REDIS_URL"]
 if REDIS_URL:
