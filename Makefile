@@ -28,7 +28,7 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 # It runs the production process layout, deploy/supervisord.conf: REALTIME_WEB_WORKERS daphne
 # workers (unset or 0: one per core) on HOST:PORT and the engine process they share, in the
 # foreground; Ctrl-C (or SIGTERM to make) stops them all. REALTIME_RUN_DIR holds supervisord's
-# pidfile and sockets (one per instance).
+# pidfile and sockets (by default one per PORT, so that two `make serve` on other ports coexist).
 DEV_SECRET_KEY := dev-only-insecure-key-change-me
 serve: export DJANGO_DEBUG ?= 1
 serve: export DJANGO_SECRET_KEY ?= $(DEV_SECRET_KEY)
@@ -36,7 +36,7 @@ serve: export REALTIME_OPEN_ENDPOINT ?= 1
 serve: override export REALTIME_WEB_WORKERS := $(or $(filter-out 0,$(strip $(REALTIME_WEB_WORKERS))),$(shell nproc))
 serve: export REALTIME_HOST := $(HOST)
 serve: export REALTIME_PORT := $(PORT)
-serve: export REALTIME_RUN_DIR ?= $(CURDIR)/var/run
+serve: export REALTIME_RUN_DIR ?= $(CURDIR)/var/run/serve-$(PORT)
 serve: export PATH := $(abspath $(BIN)):$(PATH)
 serve: $(STAMP)
 	@echo "make serve: development settings, not for production: DJANGO_DEBUG=$(DJANGO_DEBUG)," \
