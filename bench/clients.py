@@ -1,16 +1,17 @@
 """The K concurrent clients: official openai-SDK sessions that stream speech in real time.
 
 Each client is what a user of the server would write: ``AsyncOpenAI(...).realtime.connect`` (GA
-dialect) against the benchmark's own daphne. It sends ``session.update`` with the given turn
-detection and waits for ``session.updated``; all K clients then start together, each shifted by
-``i * 80 ms / K`` so that their frames reach the server at different points of a tick. It streams
+dialect) against the benchmark's own server. It sends ``session.update`` with the given turn
+detection (``None`` by default: ``turn_detection: null``) and waits for ``session.updated``; all K
+clients then start together, each shifted by ``i * 80 ms / K`` so that their frames reach the
+server at different points of a tick. It streams
 speech from ``tests/audio`` (three files, a different file and start offset per client, looping)
 as exact 80 ms appends on a fixed schedule (frame n at ``start + n * 80 ms``, so it never drifts),
 sends ``response.create`` right behind the first append (``bench.matching`` says why behind it),
 and keeps reading until every frame it sent could have been answered or ``drain_s`` has passed.
 
-What a client records -- when each frame left, when each audio delta and speech event arrived,
-every error -- is a :class:`ClientRun`; the matching and the summary work from those alone.
+What a client records -- when each frame left, when each audio delta (and how many samples it
+carried) and speech event arrived, every error -- is a :class:`ClientRun`; the matching and the summary work from those alone.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def client_frames(pcm: bytes, offset_s: float, frames: int) -> list[str]:
     return [base64.b64encode(looped[i : i + FRAME_BYTES]).decode() for i in range(0, needed, FRAME_BYTES)]
 
 
+def base64_samples(data: str) -> int:
+    """pcm16 samples in a base64 audio delta, from its length alone (no decoding)."""
+    data = data.rstrip()
+    padding = len(data) - len(data.rstrip("="))
+    return (len(data) * 3 // 4 - padding) // 2
+
+
 @dataclass
 class ClientRun:
     index: int
@@ -58,6 +66,7 @@ class ClientRun:
     send_s: list[float] = field(default_factory=list)  # each append, after the SDK's send returned
     lag_s: list[float] = field(default_factory=list)  # send time minus its scheduled time
     delta_s: list[float] = field(default_factory=list)  # arrival of each response.output_audio.delta
+    delta_samples: list[int] = field(default_factory=list)  # audio samples in each of those deltas
     response_create_s: float | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     # (kind, audio_ms, deltas received before it): the next delta is the anchored frame's
@@ -90,6 +99,7 @@ async def run_client(
             run.event_counts[kind] = run.event_counts.get(kind, 0) + 1
             if kind == "response.output_audio.delta":
                 run.delta_s.append(now)
+                run.delta_samples.append(base64_samples(event.delta))
             elif kind == "error":
                 error = event.error
                 run.errors.append({"t": now, "code": error.code, "type": error.type, "message": error.message})

@@ -13,7 +13,8 @@ rule seen from the client tell "this frame waited one more tick" from "that delt
 step on silence" when a frame lands within the step-time jitter of a tick (tried: a threshold put
 the mean 46 ms off in one run and 49 ms in another).
 
-Hence the anchors: the clients send a turn detection that never acts (``ANCHOR_TURN_DETECTION``:
+Hence the anchors, with ``--anchors`` (by default the clients send ``turn_detection: null``, as
+the held rule wants, and only the threshold pass below matches): the clients then send a turn detection that never acts (``ANCHOR_TURN_DETECTION``:
 ``server_vad`` that neither creates nor cancels a response) but whose ``speech_started`` /
 ``speech_stopped`` events the server sends in the same batch as the audio delta of the step that
 consumed the frame completing the VAD window where the event fired; that window is in the event

@@ -7,6 +7,15 @@ on a flat ``Samples`` map (metric sample name + sorted labels -> value): the dif
 histogram's cumulative buckets, count and sum; quantiles estimated from those buckets the way
 Prometheus' ``histogram_quantile`` does; and the wait, between two K, until the server is idle so
 that one K's last steps never land in the next K's histograms.
+
+Several daphne workers behind one port (``deploy/supervisord.conf``) each serve their own
+``/metrics``; :func:`scrape_processes` scrapes until it has seen every worker and tags each sample
+with a ``_process`` label (``bench.servers`` finds the PID that answered each scrape), so that the
+per-session figures (overhead, frame latency, loop stalls, errors) are summed over the workers by
+the same functions. The model step is the engine's, one per server, and every worker reports the
+same engine histogram, so :func:`engine_histogram_delta` takes it from the one process that saw
+the most steps instead of summing. A metric a server does not export is
+``None`` / empty everywhere here, never an exception: the report prints "n/a".
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import math
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 
@@ -31,11 +41,15 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(url: str) -> Samples:
-    from prometheus_client.parser import text_string_to_metric_families
-
     status, body = http_get(f"{url}/metrics", timeout=10)
     if status != 200:
         raise RuntimeError(f"/metrics answered {status}")
+    return parse_metrics(body)
+
+
+def parse_metrics(body: str) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
     samples: Samples = {}
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
@@ -105,11 +119,14 @@ def counter_delta_by(before: Samples, after: Samples, name: str, label: str) -> 
         if sample == name:
             delta = value - before.get((sample, labels), 0.0)
             if delta:
-                out[dict(labels).get(label, "")] = delta
+                key = dict(labels).get(label, "")
+                out[key] = out.get(key, 0.0) + delta  # summed over the processes, if tagged
     return out
 
 
-def wait_for_idle(url: str, timeout: float, quiet_s: float = 1.0) -> bool:
+def wait_for_idle(
+    url: str, timeout: float, quiet_s: float = 1.0, scraper: Callable[[str], Samples] | None = None
+) -> bool:
     """Until no slot is in use and no model step has run for ``quiet_s``: the previous sessions are
     gone and so are their last steps (on the serial engine, steps still queued for the shared lock
     finish after their sessions have left, and would land in the next K's histograms)."""
@@ -117,7 +134,7 @@ def wait_for_idle(url: str, timeout: float, quiet_s: float = 1.0) -> bool:
     steps, since = None, time.monotonic()
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            samples = scrape(url)
+            samples = (scraper or scrape)(url)
             busy = value_of(samples, "realtime_slots", state="in_use") or value_of(samples, "realtime_sessions_live")
             count = value_of(samples, "realtime_model_step_seconds_count")
             if busy or count != steps:
@@ -126,3 +143,96 @@ def wait_for_idle(url: str, timeout: float, quiet_s: float = 1.0) -> bool:
                 return True
         time.sleep(0.2)
     return False
+
+
+PROCESS_LABEL = "_process"
+
+
+def max_of(samples: Samples, name: str, **wanted: str) -> float | None:
+    """The largest value of a gauge over its label sets (and processes): a worst-case figure."""
+    values = [value for (sample, labels), value in samples.items() if sample == name and _matches(labels, wanted)]
+    return max(values) if values else None
+
+
+def _process_of(labels: tuple[tuple[str, str], ...]) -> str:
+    return dict(labels).get(PROCESS_LABEL, "")
+
+
+def tag_process(samples: Samples, key: str) -> Samples:
+    """The same samples with a ``_process`` label, so that several processes' samples can share one map."""
+    return {(name, tuple(sorted((*labels, (PROCESS_LABEL, key))))): value for (name, labels), value in samples.items()}
+
+
+# Added to a scrape by the benchmark itself (bench.servers) when it found which process answered.
+SERVER_PID_SAMPLE = "bench_answering_pid"
+
+
+def process_key(samples: Samples) -> str | None:
+    """What tells one server process's scrape from another's: the PID that answered, where the
+    benchmark found it (``SERVER_PID_SAMPLE``), else the start time prometheus_client's process
+    collector exports (10 ms resolution: workers started in the same tick look like one); None
+    where there is neither."""
+    pid = value_of(samples, SERVER_PID_SAMPLE)
+    if pid is not None:
+        return f"pid {pid:.0f}"
+    start = value_of(samples, "process_start_time_seconds")
+    return None if start is None else repr(start)
+
+
+def scrape_processes(url: str, processes: int, scraper: Callable[[str], Samples] | None = None) -> Samples:
+    """``/metrics`` of every one of ``processes`` workers behind one port, tagged per process.
+
+    Each scrape is a new connection, which the kernel hands to one of the workers; scrape until
+    ``processes`` different ones have answered (or 6 tries per worker have passed: the samples
+    then cover the workers seen). One process: the plain scrape, tagged.
+    """
+    fetch = scraper or scrape
+    seen: dict[str, Samples] = {}
+    for _ in range(max(1, 6 * processes)):
+        samples = fetch(url)
+        key = process_key(samples)
+        if key is None:
+            return tag_process(samples, "")  # no way to tell processes apart: one scrape is all we know
+        seen[key] = samples
+        if len(seen) >= processes:
+            break
+    merged: Samples = {}
+    for key, samples in seen.items():
+        merged.update(tag_process(samples, key))
+    return merged
+
+
+def processes_in(samples: Samples) -> set[str]:
+    return {_process_of(labels) for _, labels in samples}
+
+
+def common_processes(before: Samples, after: Samples) -> tuple[Samples, Samples]:
+    """Both scrapes restricted to the processes seen in both: a worker seen only after the run would
+    otherwise bring its whole lifetime's counts into the difference."""
+    both = processes_in(before) & processes_in(after)
+    keep_before = {key: value for key, value in before.items() if _process_of(key[1]) in both}
+    keep_after = {key: value for key, value in after.items() if _process_of(key[1]) in both}
+    return keep_before, keep_after
+
+
+def engine_histogram_delta(before: Samples, after: Samples, name: str, **wanted: str) -> dict[str, Any]:
+    """:func:`histogram_delta` of the one process that saw the most observations: the engine's own
+    histogram, which every worker of a server may report (one engine per server)."""
+    best = histogram_delta({}, {}, name)
+    for process in sorted(processes_in(after)) or [""]:
+        delta = histogram_delta(before, after, name, **wanted, **({PROCESS_LABEL: process} if process else {}))
+        if delta["count"] > best["count"]:
+            best = delta
+    return best
+
+
+def histogram_label_values(samples: Samples, name: str, ignore: tuple[str, ...] = ()) -> dict[str, set[str]]:
+    """Labels of a histogram's buckets other than ``le``, ``_process`` and ``ignore``, with their values."""
+    found: dict[str, set[str]] = {}
+    for (sample, labels), _ in samples.items():
+        if sample != f"{name}_bucket":
+            continue
+        for key, value in labels:
+            if key not in ("le", PROCESS_LABEL, *ignore):
+                found.setdefault(key, set()).add(value)
+    return found

@@ -1,15 +1,27 @@
-"""One K summarised: the client and server figures of a run, and whether it held in real time.
+"""One K summarised: the client and server figures of a run, and whether its sessions were held.
 
-The clients' recordings go through the matching (``bench.matching``) to give per-frame latencies,
-the two ``/metrics`` scrapes through ``bench.scraping`` to give the server's step time, overhead,
-frame latency and event-loop stalls over the run; this module combines them into the one dict per
-K that ``results.json`` keeps and the report prints, with the reasons K was *not* held in real
-time, if any.
+The clients' recordings give the held rule and, through the matching (``bench.matching``), the
+per-frame latencies; the two ``/metrics`` scrapes go through ``bench.scraping`` to give the
+server's step time, overhead, frame latency and event-loop stalls over the run. This module
+combines them into the one dict per K that ``results.json`` keeps and the report prints.
 
-A K is **held in real time** when no client saw an overflow error (or any other error, or a failed
-connection), every frame was answered, the p95 frame latency over all clients is under 240 ms
-(80 ms frame + 80 ms acoustic delay + one tick of scheduling), and latency does not grow through
-the run: p95 of the last quarter of the frames < 1.5 x p95 of the first quarter + 40 ms.
+**The held rule** (issue 13): a client keeps one response open for the whole run and streams
+speech in real time as 80 ms appends with turn detection off, so the model answers every frame.
+A session is **held** when
+
+* at least 90% of its audio comes back: the samples of the audio deltas that arrived by the time
+  its last frame was sent plus 400 ms, over the samples it was to send (``frames_planned`` x
+  1920; the steps on silence an open response also gets count as audio back, so a healthy
+  session is at 100% or a little more -- the per-K minimum is capped at 100% -- and one the
+  server keeps waiting falls below),
+* no gap between two consecutive audio deltas (from the first one to the end of that window)
+  exceeds 400 ms,
+* and it saw no error event and did not fail (refused, closed early, timed out).
+
+A K is held when every one of its K sessions is held and the server refused none. The frame
+latency percentiles (and the old verdict: p95 under 240 ms and no growth through the run) are
+reported beside it, not part of the verdict: without the speech-event anchors
+(``--anchors``) the matching is by threshold only and can put a frame one tick off.
 
 Client-side percentiles (:func:`pct`) are numpy's, linear between the closest ranks, over the raw
 latencies; server-side ones are estimated from histogram buckets (``scraping.histogram_quantile``).
@@ -22,19 +34,25 @@ from typing import Any
 import numpy as np
 
 from bench.clients import ClientRun
-from bench.frames import FRAME_S
+from bench.frames import FRAME_S, FRAME_SAMPLES
 from bench.matching import anchors_of, match_deltas, step_time_sigma, vad_window_frames
 from bench.scraping import (
     Samples,
     counter_delta_by,
+    engine_histogram_delta,
     highest_bucket_hit,
     histogram_delta,
+    histogram_label_values,
     histogram_quantile,
+    max_of,
     value_of,
 )
 
-REAL_TIME_BOUND_S = 0.240  # 80 ms frame + 80 ms acoustic delay + one 80 ms tick of scheduling
+HOLD_AUDIO_RATIO = 0.9  # at least 90% of a session's audio comes back ...
+HOLD_MAX_GAP_S = 0.400  # ... and no gap between audio deltas exceeds 400 ms
+REAL_TIME_BOUND_S = 0.240  # the latency check: 80 ms frame + 80 ms acoustic delay + one 80 ms tick
 GROWTH_FACTOR, GROWTH_SLACK_S = 1.5, 0.040
+STEP_METRIC = "realtime_model_step_seconds"
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -45,10 +63,58 @@ def ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000.0, 2)
 
 
+def session_hold(run: ClientRun) -> dict[str, Any]:
+    """The held rule for one session: audio back, worst gap between deltas, and why it was not held."""
+    planned = run.frames_planned * FRAME_SAMPLES
+    window_end = run.send_s[-1] + HOLD_MAX_GAP_S if run.send_s else None
+    times, received = [], 0
+    for t, samples in zip(run.delta_s, run.delta_samples, strict=False):
+        if window_end is not None and t <= window_end:
+            times.append(t)
+            received += samples
+    ratio = received / planned if planned else None
+    gap = float(max(np.diff(times))) if len(times) >= 2 else None
+    reasons = []
+    if run.failure is not None:
+        reasons.append("failed")
+    if run.errors:
+        reasons.append(f"{len(run.errors)} error(s)")
+    if ratio is None or ratio < HOLD_AUDIO_RATIO:
+        reasons.append(f"audio back {0.0 if ratio is None else 100 * ratio:.0f}% < {100 * HOLD_AUDIO_RATIO:.0f}%")
+    if gap is None or gap > HOLD_MAX_GAP_S:
+        reasons.append(f"gap {'n/a' if gap is None else f'{gap * 1000:.0f} ms'} > {HOLD_MAX_GAP_S * 1000:.0f} ms")
+    return {
+        "held": not reasons,
+        "audio_samples_planned": planned,
+        "audio_samples_back": received,
+        "audio_back_ratio": None if ratio is None else round(ratio, 4),
+        "gap_max_ms": ms(gap),
+        "hold_reasons": reasons,
+    }
+
+
+def step_by_label(before: Samples, after: Samples) -> dict[str, dict[str, float | None]]:
+    """Step p50 per value of any label of the step histogram besides ``model_type`` (a batch width,
+    if the server labels its steps with one): {"label=value": {"steps": n, "p50_ms": ...}}."""
+    out: dict[str, dict[str, float | None]] = {}
+    for label, values in sorted(histogram_label_values(after, STEP_METRIC, ignore=("model_type",)).items()):
+        for value in sorted(values, key=lambda v: (len(v), v)):
+            delta = engine_histogram_delta(before, after, STEP_METRIC, **{label: value})
+            if delta["count"]:
+                out[f"{label}={value}"] = {
+                    "steps": delta["count"],
+                    "p50_ms": ms(histogram_quantile(0.5, delta["buckets"])),
+                    "mean_ms": ms(delta["mean"]),
+                }
+    return out
+
+
 def summarise(
-    runs: list[ClientRun], before: Samples, after: Samples, cpu: dict[str, float], anchored: bool
+    runs: list[ClientRun], before: Samples, after: Samples, cpu: dict[str, Any], anchored: bool = False
 ) -> dict[str, Any]:
-    step = histogram_delta(before, after, "realtime_model_step_seconds", model_type="sft")
+    step = engine_histogram_delta(before, after, STEP_METRIC, model_type="sft")
+    if not step["count"]:  # an engine that labels its steps otherwise (or not at all)
+        step = engine_histogram_delta(before, after, STEP_METRIC)
     overhead = histogram_delta(before, after, "realtime_frame_overhead_seconds")
     server_latency = histogram_delta(before, after, "realtime_frame_latency_seconds")
     stall = histogram_delta(before, after, "realtime_event_loop_stall_seconds")
@@ -64,8 +130,9 @@ def summarise(
     clients, all_latencies, first_quarter, last_quarter, ttfas, lags = [], [], [], [], [], []
     naive_all: list[float] = []
     unanswered = overflow = other_errors = failures = 0
-    window_frames = vad_window_frames(max((len(run.send_s) for run in runs), default=0))
+    window_frames = vad_window_frames(max((len(run.send_s) for run in runs), default=0)) if anchored else []
     for run in runs:
+        hold = session_hold(run)
         anchors = anchors_of(run, window_frames) if anchored else []
         latencies, counts = match_deltas(run.send_s, run.delta_s, theta, anchors)
         answered = [value for value in latencies[1:] if value is not None]
@@ -76,7 +143,7 @@ def summarise(
         all_latencies += answered
         unanswered += missing + (run.frames_planned - len(run.send_s))
         # The plain mapping, the n-th delta answers frame n+1: it holds until the server steps on
-        # silence (a tick with no client frame queued); kept as a check, see the docstring.
+        # silence (a tick with no client frame queued); kept as a check, see bench/matching.py.
         naive = [run.delta_s[n] - run.send_s[n + 1] for n in range(min(len(run.delta_s), len(run.send_s) - 1))]
         naive_all += naive
         ttfa = next((d - run.send_s[0] for d in run.delta_s if run.send_s and d >= run.send_s[0]), None)
@@ -94,6 +161,7 @@ def summarise(
                 "audio_file": run.audio_file,
                 "offset_s": run.offset_s,
                 "phase_ms": round(run.phase_s * 1000, 2),
+                **hold,
                 "frames_planned": run.frames_planned,
                 "frames_sent": len(run.send_s),
                 "deltas": len(run.delta_s),
@@ -109,6 +177,7 @@ def summarise(
                 "send_lag_max_ms": ms(max(run.lag_s) if run.lag_s else None),
                 "send_ms": [round((t - t0) * 1000, 2) for t in run.send_s],
                 "delta_ms": [round((t - t0) * 1000, 2) for t in run.delta_s],
+                "delta_samples": list(run.delta_samples),
                 "response_create_ms": ms(run.response_create_s - t0) if run.response_create_s else None,
                 "errors": [{**error, "t": round((error["t"] - t0) * 1000, 2)} for error in run.errors],
                 "speech_events": run.speech_events,
@@ -118,21 +187,33 @@ def summarise(
             }
         )
 
-    p95 = pct(all_latencies, 95)
-    p95_first, p95_last = pct(first_quarter, 95), pct(last_quarter, 95)
+    refused = counter_delta_by(before, after, "realtime_sessions_refused_total", "code")
+    held_sessions = sum(client["held"] for client in clients)
     reasons = []
+    if held_sessions < len(runs):
+        reasons.append(f"{len(runs) - held_sessions} of {len(runs)} session(s) not held")
     if failures:
         reasons.append(f"{failures} client(s) failed")
     if overflow:
         reasons.append(f"{overflow} overflow error(s)")
     if other_errors:
         reasons.append(f"{other_errors} other error(s)")
+    if refused:
+        reasons.append(f"{sum(refused.values()):.0f} session(s) refused by the server")
+    if not runs:
+        reasons.append("no sessions")
+    ratios = [client["audio_back_ratio"] for client in clients]
+    gaps = [client["gap_max_ms"] for client in clients]
+
+    p95 = pct(all_latencies, 95)
+    p95_first, p95_last = pct(first_quarter, 95), pct(last_quarter, 95)
+    latency_checks = []
     if unanswered:
-        reasons.append(f"{unanswered} frame(s) unanswered")
+        latency_checks.append(f"{unanswered} frame(s) unanswered")
     if p95 is None or p95 >= REAL_TIME_BOUND_S:
-        reasons.append(f"p95 {ms(p95)} ms >= {REAL_TIME_BOUND_S * 1000:.0f} ms")
+        latency_checks.append(f"p95 {ms(p95)} ms >= {REAL_TIME_BOUND_S * 1000:.0f} ms")
     if p95_first is None or p95_last is None or p95_last >= GROWTH_FACTOR * p95_first + GROWTH_SLACK_S:
-        reasons.append(f"latency grows: last-quarter p95 {ms(p95_last)} ms vs first-quarter {ms(p95_first)} ms")
+        latency_checks.append(f"latency grows: last-quarter p95 {ms(p95_last)} ms vs first-quarter {ms(p95_first)} ms")
     step_p50 = histogram_quantile(0.5, step["buckets"])
     stall_hit = highest_bucket_hit(stall["buckets"])
     silence_during = sum(client["silence_during"] for client in clients)
@@ -140,8 +221,15 @@ def summarise(
     anchors_dropped = sum(client["anchors_dropped"] for client in clients)
     return {
         "k": len(runs),
-        "held_real_time": not reasons,
+        "held": not reasons,
+        "sessions_held": held_sessions,
         "reasons": reasons,
+        # Capped at 100%: an open response also gets steps on silence, whose audio is not the client's.
+        "audio_back_min_percent": round(100 * min(min(r, 1.0) for r in ratios if r is not None), 1)
+        if any(r is not None for r in ratios)
+        else None,
+        "gap_max_ms": max(g for g in gaps if g is not None) if any(g is not None for g in gaps) else None,
+        "latency_checks": latency_checks,
         "ttfa_p50_ms": ms(pct(ttfas, 50)),
         "ttfa_max_ms": ms(max(ttfas) if ttfas else None),
         "latency_p50_ms": ms(pct(all_latencies, 50)),
@@ -179,8 +267,9 @@ def summarise(
             "step_p50_ms": ms(step_p50),
             "step_p95_ms": ms(histogram_quantile(0.95, step["buckets"])),
             "step_mean_ms": ms(step["mean"]),
+            "step_by_label": step_by_label(before, after),
             "real_time_factor_p50": round(step_p50 / FRAME_S, 3) if step_p50 is not None else None,
-            "real_time_factor_gauge_last": value_of(after, "realtime_real_time_factor", model_type="sft"),
+            "real_time_factor_gauge_last": max_of(after, "realtime_real_time_factor"),
             "overhead_p50_ms": ms(histogram_quantile(0.5, overhead["buckets"])),
             "overhead_p95_ms": ms(histogram_quantile(0.95, overhead["buckets"])),
             "overhead_mean_ms": ms(overhead["mean"]),
@@ -188,12 +277,12 @@ def summarise(
             "frame_latency_p50_ms": ms(histogram_quantile(0.5, server_latency["buckets"])),
             "frame_latency_p95_ms": ms(histogram_quantile(0.95, server_latency["buckets"])),
             "frame_latency_mean_ms": ms(server_latency["mean"]),
-            "loop_stall_max_lifetime_ms": ms(value_of(after, "realtime_event_loop_stall_max_seconds")),
+            "loop_stall_max_lifetime_ms": ms(max_of(after, "realtime_event_loop_stall_max_seconds")),
             "loop_stall_bucket_hit_ms": [ms(stall_hit[0]), ms(stall_hit[1])] if stall_hit else None,
             "loop_stall_samples": stall["count"],
             "loop_stall_mean_ms": ms(stall["mean"]),
             "errors_total_delta": counter_delta_by(before, after, "realtime_errors_total", "code"),
-            "sessions_refused_delta": counter_delta_by(before, after, "realtime_sessions_refused_total", "code"),
+            "sessions_refused_delta": refused,
             "dropped_output_frames_delta": (value_of(after, "realtime_dropped_output_frames_total") or 0.0)
             - (value_of(before, "realtime_dropped_output_frames_total") or 0.0),
             "histograms": {

@@ -12,11 +12,20 @@ import pytest
 
 from bench import scraping
 from bench.scraping import (
+    PROCESS_LABEL,
     Samples,
+    common_processes,
     counter_delta_by,
+    engine_histogram_delta,
     highest_bucket_hit,
     histogram_delta,
+    histogram_label_values,
     histogram_quantile,
+    max_of,
+    process_key,
+    processes_in,
+    scrape_processes,
+    tag_process,
     value_of,
 )
 
@@ -217,3 +226,101 @@ def test_wait_for_idle_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not scraping.wait_for_idle("http://127.0.0.1:1", timeout=0.3, quiet_s=0.0)
     monkeypatch.setattr(scraping, "scrape", failing)  # a server that does not answer is not idle
     assert not scraping.wait_for_idle("http://127.0.0.1:1", timeout=0.3, quiet_s=0.0)
+
+
+def test_wait_for_idle_with_its_own_scraper() -> None:
+    answers = iter([idle_samples(3), idle_samples(3)])
+    assert scraping.wait_for_idle("http://127.0.0.1:1", timeout=10, quiet_s=0.0, scraper=lambda url: next(answers))
+
+
+# --- several workers behind one port -----------------------------------------------------------
+
+
+def worker(start: float, steps: float, live: float = 0.0, stall_max: float = 0.0) -> Samples:
+    return {
+        ("process_start_time_seconds", ()): start,
+        ("realtime_sessions_live", ()): live,
+        ("realtime_event_loop_stall_max_seconds", ()): stall_max,
+        ("step_bucket", labels(le="0.25", model_type="sft")): steps,
+        ("step_bucket", labels(le="+Inf", model_type="sft")): steps,
+        ("step_sum", labels(model_type="sft")): steps / 8,
+        ("step_count", labels(model_type="sft")): steps,
+        ("errors_total", labels(code="overflow")): 1.0,
+    }
+
+
+def test_max_of() -> None:
+    assert max_of(AFTER, "slots") == 6.0
+    assert max_of(AFTER, "slots", state="in_use") == 2.0
+    assert max_of(AFTER, "missing") is None
+
+
+def test_tag_process_and_process_key() -> None:
+    tagged = tag_process({("x", labels(a="1")): 2.0, ("y", ()): 3.0}, "p1")
+    assert tagged == {("x", labels(a="1", _process="p1")): 2.0, ("y", labels(_process="p1")): 3.0}
+    assert processes_in(tagged) == {"p1"}
+    assert processes_in({("y", ()): 1.0}) == {""}
+    assert process_key(worker(100.5, 1)) == "100.5"
+    assert process_key({("y", ()): 1.0}) is None
+    assert PROCESS_LABEL == "_process"
+
+
+def test_scrape_processes_until_every_worker_answered() -> None:
+    answers = iter([worker(1.0, 2), worker(1.0, 3), worker(2.0, 4), worker(3.0, 5)])
+    merged = scrape_processes("http://x", 2, scraper=lambda url: next(answers))
+    assert processes_in(merged) == {"1.0", "2.0"}
+    assert value_of(merged, "step_count") == 7.0  # the latest scrape of worker 1 (3) + worker 2 (4)
+    assert value_of(merged, "realtime_sessions_live") == 0.0
+    assert next(answers) == worker(3.0, 5)  # it stopped as soon as it had seen both
+
+
+def test_scrape_processes_gives_up_after_six_tries_per_worker() -> None:
+    calls = []
+
+    def same(url: str) -> Samples:
+        calls.append(url)
+        return worker(1.0, 2)
+
+    merged = scrape_processes("http://x", 2, scraper=same)
+    assert len(calls) == 12 and processes_in(merged) == {"1.0"}
+
+
+def test_scrape_processes_of_one_or_of_unknown_processes() -> None:
+    assert processes_in(scrape_processes("http://x", 1, scraper=lambda url: worker(1.0, 2))) == {"1.0"}
+    plain = {("step_count", labels(model_type="sft")): 4.0}
+    assert scrape_processes("http://x", 3, scraper=lambda url: plain) == tag_process(plain, "")
+
+
+def test_common_processes_leave_out_a_worker_seen_only_once() -> None:
+    before = {**tag_process(worker(1.0, 2), "a")}
+    after = {**tag_process(worker(1.0, 6), "a"), **tag_process(worker(2.0, 100), "b")}
+    kept_before, kept_after = common_processes(before, after)
+    assert kept_before == before and processes_in(kept_after) == {"a"}
+    assert histogram_delta(kept_before, kept_after, "step")["count"] == 4.0
+
+
+def test_per_worker_figures_are_summed_and_the_engine_step_is_taken_once() -> None:
+    before = {**tag_process(worker(1.0, 2), "a"), **tag_process(worker(2.0, 2), "b")}
+    after = {**tag_process(worker(1.0, 10, stall_max=0.5), "a"), **tag_process(worker(2.0, 6, stall_max=0.25), "b")}
+    after[("errors_total", labels(code="overflow", _process="b"))] = 4.0
+    assert histogram_delta(before, after, "step")["count"] == 12.0  # summed over the workers
+    engine = engine_histogram_delta(before, after, "step", model_type="sft")
+    assert (engine["count"], engine["mean"]) == (8.0, 0.125)  # the process that saw the most
+    assert engine_histogram_delta({}, {}, "step")["count"] == 0.0
+    assert counter_delta_by(before, after, "errors_total", "code") == {"overflow": 3.0}
+    assert max_of(after, "realtime_event_loop_stall_max_seconds") == 0.5
+
+
+def test_engine_histogram_delta_of_untagged_samples() -> None:
+    assert engine_histogram_delta(BEFORE, AFTER, "step", model_type="sft")["count"] == 6.0
+
+
+def test_histogram_label_values() -> None:
+    after = {
+        ("step_bucket", labels(le="0.25", model_type="sft", rows="8")): 1.0,
+        ("step_bucket", labels(le="0.25", model_type="sft", rows="16", _process="a")): 1.0,
+        ("step_count", labels(model_type="sft", rows="32")): 1.0,
+    }
+    assert histogram_label_values(after, "step", ignore=("model_type",)) == {"rows": {"8", "16"}}
+    assert histogram_label_values(after, "step") == {"model_type": {"sft"}, "rows": {"8", "16"}}
+    assert histogram_label_values({}, "step") == {}
