@@ -10,7 +10,7 @@ from voice.console import views as console_views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
-    path("readyz", views.healthz, name="readyz"),
+    path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics_view, name="metrics"),
     path("console/", console_views.console, name="console"),
     path("v1/live/sessions", live_http.sessions, name="live-sessions"),

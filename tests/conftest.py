@@ -83,7 +83,6 @@ def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_manager(demo_checkpoint: Path):
     """The process-wide manager, loaded from the demo checkpoint through the real loading code."""
-    from voice import metrics
     from voice.engine import manager as manager_module
 
     config = manager_module.ManagerConfig(
@@ -92,7 +91,6 @@ def model_manager(demo_checkpoint: Path):
         max_sessions=TEST_VOICE["MAX_SESSIONS"],
         tick_ms=TEST_VOICE["TICK_MS"],
         inbox_frames=TEST_VOICE["INPUT_QUEUE_FRAMES"],
-        on_step=metrics.observe_step,
     )
     installed = manager_module.install_manager(config)
     yield installed

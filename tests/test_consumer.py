@@ -241,7 +241,12 @@ def test_the_landing_page_and_readiness_say_whether_a_model_is_loaded(client, mo
     page = client.get("/")
     assert page.status_code == 200 and b"/v1/realtime" in page.content and b"moshi-demo-random-weights" in page.content
     ready = client.get("/healthz").json()
-    assert ready == {"ready": True, "device": "cpu", "models": {"sft": "moshi-demo-random-weights"}}
+    assert ready == {
+        "ready": True,
+        "device": "cpu",
+        "models": {"sft": "moshi-demo-random-weights"},
+        "slots": {"sft": {"total": 4, "free": 4}},
+    }
 
 
 async def test_an_unknown_websocket_path_is_refused_cleanly() -> None:

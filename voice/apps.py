@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from .engine.manager import ManagerConfig
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +26,7 @@ def process_serves(argv: list[str]) -> bool:
     program = os.path.basename(argv[0]) if argv else ""
     if program in SERVING_PROGRAMS:
         return True
-    return program == "manage.py" and len(argv) > 1 and argv[1] == "runserver"
+    return program == "manage.py" and len(argv) > 1 and argv[1] == "runserver"  # (not run_engine: it loads its own)
 
 
 class VoiceConfig(AppConfig):
@@ -39,14 +46,16 @@ class VoiceConfig(AppConfig):
             load_models()
 
 
-def load_models() -> None:
-    """Create the process's ModelManager from settings; a model that fails to load stops start-up."""
-    from . import metrics
+ENGINE_PROCESS_MODES = ("child", "external", "inline")
+
+
+def manager_config() -> ManagerConfig:
+    """The ModelManager's configuration from settings (here, or in the engine process)."""
     from .conf import demo_dir, get_config, model_references
-    from .engine.manager import ManagerConfig, ModelLoadError, install_manager
+    from .engine.manager import ManagerConfig
 
     config = get_config()
-    manager_config = ManagerConfig(
+    return ManagerConfig(
         models=model_references(),
         demo_dir=demo_dir(),
         device=config["DEVICE"],
@@ -57,9 +66,48 @@ def load_models() -> None:
         seed=config["SEED"],
         engine=config["ENGINE"],
         resize_step=config["RESIZE_STEP"] or None,
-        on_step=metrics.observe_step,
     )
+
+
+def load_models() -> None:
+    """Give this process its manager, by REALTIME_ENGINE_PROCESS; a model that fails to load stops start-up.
+
+    `child` starts an engine process and waits for it, `external` connects to one a supervisor
+    runs (not waiting: /readyz says when it answers), `inline` loads the models here.
+    """
+    from .conf import engine_socket, get_config
+    from .engine.manager import ModelLoadError, install_manager, set_manager
+    from .engine.remote import RemoteManager
+
+    config = get_config()
+    mode = config["ENGINE_PROCESS"]
+    if mode not in ENGINE_PROCESS_MODES:
+        raise ImproperlyConfigured(
+            f"REALTIME_ENGINE_PROCESS={mode!r}: expected one of {', '.join(ENGINE_PROCESS_MODES)}"
+        )
     try:
-        install_manager(manager_config)
+        if mode == "inline":
+            install_manager(manager_config())
+            return
+        socket_path = engine_socket() if mode == "external" else private_socket()
+        if mode == "child":
+            start_child_engine(socket_path, config["ENGINE_START_TIMEOUT_S"])
+        set_manager(RemoteManager(socket_path, inbox_frames=config["INPUT_QUEUE_FRAMES"]))
     except ModelLoadError as exc:
         raise ImproperlyConfigured(f"Moshi model failed to load, not starting: {exc}") from exc
+
+
+def private_socket() -> Path:
+    """A socket path only this server knows (short: Unix socket paths have a ~100-byte limit)."""
+    return Path(tempfile.mkdtemp(prefix="realtime-engine-")) / "engine.sock"
+
+
+def start_child_engine(socket_path: Path, start_timeout: float) -> None:
+    from django.conf import settings
+
+    from .engine.child import ChildEngine
+
+    command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "run_engine"]
+    child = ChildEngine(command, socket_path, start_timeout)
+    atexit.register(child.stop)
+    child.start()

@@ -55,6 +55,12 @@ def demo_dir() -> Path:
     return path if path.is_absolute() else Path(settings.BASE_DIR) / path
 
 
+def engine_socket() -> Path:
+    """REALTIME_ENGINE_SOCKET, relative to the repository unless absolute."""
+    path = Path(get_config()["ENGINE_SOCKET"])
+    return path if path.is_absolute() else Path(settings.BASE_DIR) / path
+
+
 def _fits(value: Any, kind: type) -> bool:
     if kind is float:
         return isinstance(value, int | float) and not isinstance(value, bool)

@@ -161,7 +161,7 @@ class LiveConsumer(RealtimeConsumer):
 
     def choose_front(self, headers: dict[str, str], subprotocols: list[str]) -> Front:
         manager = get_manager()
-        names = {manager.model_name(kind): kind for kind in manager.engines} if manager is not None else {}
+        names = {name: kind for kind, name in manager.model_names().items()} if manager is not None else {}
         return LiveFront(server_models=names, transcribe=get_backend().enabled)
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:  # type: ignore[override]

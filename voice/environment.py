@@ -106,6 +106,32 @@ VARIABLES: tuple[Variable, ...] = (
         "`serial` runs the old one-session-at-a-time design (for the benchmark's comparison)",
         "ENGINE",
     ),
+    Variable(
+        "REALTIME_ENGINE_PROCESS",
+        "child",
+        "where the model steps: `child` = an engine process this server starts (and restarts), "
+        "`external` = one already running at `REALTIME_ENGINE_SOCKET` (`manage.py run_engine`, "
+        "as under `deploy/supervisord.conf`), `inline` = a thread of this process (shares its GIL; tests, debugging)",
+        "ENGINE_PROCESS",
+    ),
+    Variable(
+        "REALTIME_ENGINE_SOCKET",
+        "var/run/engine.sock",
+        "the engine process's Unix socket (relative to the repository); a `child` engine uses a private one",
+        "ENGINE_SOCKET",
+    ),
+    Variable(
+        "REALTIME_ENGINE_START_TIMEOUT_S",
+        600.0,
+        "how long a server waits for its `child` engine to load the models before it gives up",
+        "ENGINE_START_TIMEOUT_S",
+    ),
+    Variable(
+        "REALTIME_WEB_WORKERS",
+        0,
+        "daphne workers behind one port under `make serve` / `deploy/supervisord.conf`; `0` = the number of cores",
+        "WEB_WORKERS",
+    ),
     # --- sessions and the engine ---
     Variable(
         "REALTIME_MAX_SESSIONS", 8, "slots per model: concurrent sessions stepped together in one batch", "MAX_SESSIONS"

@@ -10,27 +10,50 @@ from django.shortcuts import render
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .conf import get_config
+from .engine import DEFAULT_MODEL_TYPE
 from .engine.manager import get_manager
 from .runtime.live import live_sessions
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Readiness: 200 once the model is loaded and warm, 503 before (or in a process without one)
-    and once the process is shutting down, so that a load balancer sends no new calls here."""
+    """Health: 200 once the model is loaded and warm and its engine answers, 503 before (or in a
+    process without one) and once the process is shutting down."""
+    return _readiness(need_free_slot=False)
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness for a load balancer: as /healthz, and 503 while every slot of the default model
+    type is taken, so that new calls go to a server that can take them."""
+    return _readiness(need_free_slot=True)
+
+
+def _readiness(*, need_free_slot: bool) -> JsonResponse:
     manager = get_manager()
-    if manager is None or not manager.ready:
+    status = manager.status(max_age=0.0) if manager is not None else None  # a load balancer wants it current
+    if status is None or not status.get("ready"):
         return JsonResponse({"ready": False}, status=503)
     if live_sessions.draining:
         return JsonResponse({"ready": False, "shutting_down": True}, status=503)
-    models = {kind: engine.model.name for kind, engine in manager.engines.items()}
-    return JsonResponse({"ready": True, "device": str(manager.device), "models": models})
+    models = status["models"]
+    body = {
+        "ready": True,
+        "device": status["device"],
+        "models": {kind: info["name"] for kind, info in models.items()},
+        "slots": {
+            kind: {"total": info["slots"], "free": info["slots"] - info["in_use"]} for kind, info in models.items()
+        },
+    }
+    default = models.get(DEFAULT_MODEL_TYPE)
+    if need_free_slot and default is not None and default["in_use"] >= default["slots"]:
+        return JsonResponse({**body, "ready": False, "full": True}, status=503)
+    return JsonResponse(body)
 
 
 def index(request: HttpRequest) -> HttpResponse:
     """A landing page that says where the endpoint is and links to the admin."""
     manager = get_manager()
     ready = manager is not None and manager.ready
-    models = [engine.model.name for engine in manager.engines.values()] if ready else []
+    models = list(manager.model_names().values()) if ready else []
     return render(request, "index.html", {"ready": ready, "models": models})
 
 

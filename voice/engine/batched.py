@@ -26,6 +26,7 @@ results from its bounded outbox.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import logging
@@ -47,6 +48,8 @@ from .vad import SpeechDetector
 log = logging.getLogger(__name__)
 
 TEXT_PADDING_IDS = (0, 3)
+# Upper bounds (seconds) of the step-time histogram, around one 80 ms frame.
+STEP_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 # The streaming state grows and shrinks in steps of this many rows (on the CPU; see BatchedEngine).
 RESIZE_STEP = 8
 
@@ -74,6 +77,17 @@ class EngineStats:
     rows_stepped: int = 0  # the width of the last step
     resizes: int = 0  # how many times the state was rebuilt at another width
     step_seconds: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
+    step_seconds_sum: float = 0.0
+    # Steps per bucket: STEP_BUCKETS' upper bounds, then +Inf. /metrics' histogram, kept here so
+    # that a web worker can show the steps of an engine that runs in another process.
+    step_buckets: list[int] = field(default_factory=lambda: [0] * (len(STEP_BUCKETS) + 1))
+
+    def record(self, seconds: float) -> None:
+        self.steps += 1
+        self.last_step_s = seconds
+        self.step_seconds.append(seconds)
+        self.step_seconds_sum += seconds
+        self.step_buckets[bisect.bisect_left(STEP_BUCKETS, seconds)] += 1
 
 
 class BatchedEngine:
@@ -227,7 +241,9 @@ class BatchedEngine:
                     return
                 try:
                     speech = {
-                        index: self._vads[index].process(frame) if batch.client_audio[index] else []
+                        index: self._vads[index].process(frame)
+                        if batch.client_audio[index] and batch.owners[index].detect_speech
+                        else []
                         for index, frame in batch.frames.items()
                     }
                     with self.step_lock:
@@ -261,9 +277,7 @@ class BatchedEngine:
                     next_tick = max(next_tick + self.tick_s, done - self.tick_s)
 
     def _record_step(self, seconds: float) -> None:
-        self.stats.steps += 1
-        self.stats.last_step_s = seconds
-        self.stats.step_seconds.append(seconds)
+        self.stats.record(seconds)
         if self.on_step is not None:
             self.on_step(seconds)
 

@@ -14,9 +14,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import DEFAULT_MODEL_TYPE, MODEL_TYPES
-from .batched import BatchedEngine
+from .batched import STEP_BUCKETS, BatchedEngine
 from .checkpoint import ModelLoadError, load_model, resolve_device
 from .demo_checkpoint import write_demo_checkpoint
 from .serial import SerialPool
@@ -98,21 +99,79 @@ class ModelManager:
     def model_name(self, model_type: str) -> str:
         return self.engines[model_type].model.name
 
+    def model_names(self) -> dict[str, str]:
+        """Each loaded model type's model name."""
+        return {model_type: engine.model.name for model_type, engine in self.engines.items()}
+
     def acquire(self, model_type: str, loop: asyncio.AbstractEventLoop) -> Slot | None:
         """A slot of that model type, or None when all are taken. KeyError if the type is not loaded."""
         return self.engines[model_type].acquire(loop)
+
+    async def open_slot(self, model_type: str, *, paced: bool = False, detect_speech: bool = True) -> Slot | None:
+        """A slot for a session on the running loop, or None when every slot is taken.
+
+        The same call as RemoteManager.open_slot (an engine in another process), so that the
+        session runtime does not care where the model runs.
+        """
+        slot = self.acquire(model_type, asyncio.get_running_loop())
+        if slot is not None:
+            slot.paced = paced
+            slot.detect_speech = detect_speech
+        return slot
+
+    async def fresh_status(self) -> dict:
+        return self.status()
+
+    def status(self, max_age: float = 0.0) -> dict:
+        """Slots and step statistics per model type: what /readyz and /metrics show, and what the
+        engine service sends to web workers (the same dict, whichever process the model is in).
+        Always current here (``max_age`` is RemoteManager's cache bound)."""
+        return {
+            "device": str(self.device),
+            "ready": self.ready,
+            "models": {model_type: engine_status(engine) for model_type, engine in self.engines.items()},
+        }
 
     def stop(self) -> None:
         for engine in self.engines.values():
             engine.stop()
 
 
-_manager: ModelManager | None = None
+def engine_status(engine: BatchedEngine | SerialPool) -> dict:
+    """One engine's slots and steps, as plain JSON values."""
+    engines = engine.engines if isinstance(engine, SerialPool) else [engine]
+    slots = [slot for slot in list(engine.slots) if slot is not None]
+    buckets = [sum(column) for column in zip(*(e.stats.step_buckets for e in engines), strict=True)]
+    recent = sorted(seconds for e in engines for seconds in list(e.stats.step_seconds))
+    return {
+        "name": engine.model.name,
+        "slots": engine.batch_size,
+        "in_use": len(slots),
+        "queued_frames": sum(slot.queued_frames for slot in slots),
+        "rows": sum(e.stats.rows for e in engines),
+        "steps": sum(e.stats.steps for e in engines),
+        "step_seconds_sum": sum(e.stats.step_seconds_sum for e in engines),
+        "step_buckets": [[bound, count] for bound, count in zip((*STEP_BUCKETS, "+Inf"), buckets, strict=True)],
+        "last_step_s": max((e.stats.last_step_s for e in engines), default=0.0),
+        "recent_step_p50_s": recent[len(recent) // 2] if recent else None,
+    }
+
+
+_manager: Any = None  # a ModelManager, or a RemoteManager (voice/engine/remote.py)
 _manager_lock = threading.Lock()
 
 
-def get_manager() -> ModelManager | None:
+def get_manager() -> Any:
+    """The process's manager: a ModelManager (the model runs here) or a RemoteManager (in an
+    engine process); both have ready, model_names(), open_slot() and status()."""
     return _manager
+
+
+def set_manager(manager: Any) -> None:
+    """Install a manager built elsewhere (the RemoteManager of a web worker)."""
+    global _manager
+    with _manager_lock:
+        _manager = manager
 
 
 def install_manager(config: ManagerConfig) -> ModelManager:

@@ -43,7 +43,10 @@ class FrameOutput:
 
 @dataclass
 class EngineFailure:
+    """A step failed (the session goes on), or with ``fatal`` the engine itself is gone (it ends)."""
+
     message: str
+    fatal: bool = False
 
 
 class Slot:
@@ -78,6 +81,10 @@ class Slot:
         # backlog (a stall, a client's burst) recover. A Live session's output must never run ahead
         # of real time, even when its client flushes seconds of queued input at once.
         self.paced = False
+        # Run the VAD on this slot's audio: only turn detection needs it, and at ~1 ms per frame
+        # per session on a CPU core it would cost a batch of 32 sessions a third of its tick.
+        self.detect_speech = True
+        self.done = 0  # client frames taken for a step (inference thread; read by the engine service)
 
     # --- the event loop's side ----------------------------------------------------------------
 
@@ -101,8 +108,17 @@ class Slot:
         if changed:
             self._wake()
 
+    def set_detect_speech(self, value: bool) -> None:
+        self.detect_speech = value
+
     def release(self) -> None:
         self._release(self)
+
+    def count_refused(self) -> None:
+        """A frame the inbox had no room for counts as done: the engine service's sender tells the
+        worker how many frames are done, and it must not wait for this one."""
+        with self._lock:
+            self.done += 1
 
     # --- the inference thread's side ----------------------------------------------------------
 
@@ -133,6 +149,7 @@ class Slot:
         with self._lock:
             if self._inbox:
                 frame, queued_at = self._inbox.popleft()
+                self.done += 1
                 return frame, queued_at, True
             if self._keep_running and feed_silence:
                 return np.zeros(FRAME_SAMPLES, dtype=np.float32), time.perf_counter(), False

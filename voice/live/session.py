@@ -106,6 +106,11 @@ class LiveSession:
         return self.started and not self.closed
 
     @property
+    def wants_speech(self) -> bool:
+        """Input transcription is on: its segmenter needs the VAD's scores of the client's audio."""
+        return self.options.transcription_model is not None
+
+    @property
     def responding(self) -> bool:
         """The model is speaking (its output is not the silence gate's zeros): the console's state."""
         return self._gate.speaking

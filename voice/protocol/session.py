@@ -222,6 +222,11 @@ class RealtimeSession:
         """True while a response is open: the model must keep stepping even without client audio."""
         return self.response is not None
 
+    @property
+    def wants_speech(self) -> bool:
+        """Turn detection is on: the engine must score the client's audio with its VAD."""
+        return session_config.turn_detection(self.config) is not None
+
     # --- session ------------------------------------------------------------------------------
 
     def _session_update(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:

@@ -7,7 +7,6 @@ way with its own handshake, and a reader looking for "why was I refused" finds e
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -15,6 +14,7 @@ from .. import loop_monitor, metrics
 from ..auth import authenticate, open_endpoint
 from ..conf import get_config
 from ..engine.manager import get_manager
+from ..engine.remote import EngineUnavailable
 from ..protocol.errors import ProtocolError
 from .live import live_sessions
 from .session import END_SERVER_ERROR, INTERNAL_ERROR_MESSAGE, Handshake, SessionRuntime
@@ -48,11 +48,20 @@ async def open_session(
         )
         return None
     manager = get_manager()
-    if manager is None or not manager.ready:
+    if manager is None:
         await refuse("server_error", "The model is not loaded in this process.", CLOSE_SERVER_ERROR, "server_error")
         return None
-    if handshake.model_type not in manager.engines:
-        loaded = ", ".join(sorted(manager.engines))
+    status = await manager.fresh_status()
+    if status is None or not status.get("ready"):
+        await refuse(
+            "model_unavailable",
+            "The model engine is not running (starting or restarting); try again shortly.",
+            CLOSE_TRY_AGAIN,
+            "server_error",
+        )
+        return None
+    if handshake.model_type not in status["models"]:
+        loaded = ", ".join(sorted(status["models"]))
         await refuse(
             "invalid_model",
             f"Model type '{handshake.model_type[:64]}' is not loaded here; loaded: {loaded}.",
@@ -71,7 +80,16 @@ async def open_session(
             "invalid_request_error",
         )
         return None
-    slot = manager.acquire(handshake.model_type, asyncio.get_running_loop())
+    try:
+        slot = await manager.open_slot(handshake.model_type, paced=handshake.front.paced)
+    except EngineUnavailable:
+        await refuse(
+            "model_unavailable",
+            "The model engine is not running (starting or restarting); try again shortly.",
+            CLOSE_TRY_AGAIN,
+            "server_error",
+        )
+        return None
     if slot is None:
         await refuse(
             "server_busy",
@@ -84,7 +102,7 @@ async def open_session(
         handshake=handshake,
         api_key=api_key,
         slot=slot,
-        model_name=manager.model_name(handshake.model_type),
+        model_name=status["models"][handshake.model_type]["name"],
         transport=transport,
         channel_layer=channel_layer,
         channel_name=channel_name,

@@ -52,6 +52,9 @@ class ProtocolSession(Protocol):
     def wants_output(self) -> bool: ...
 
     @property
+    def wants_speech(self) -> bool: ...
+
+    @property
     def responding(self) -> bool: ...
 
 

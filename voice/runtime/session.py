@@ -31,6 +31,7 @@ from ..audio_recording import SessionAudioRecorder
 from ..console.publisher import SessionFacts, SessionPublisher
 from ..engine import DEFAULT_MODEL_TYPE
 from ..engine.manager import get_manager
+from ..engine.remote import EngineUnavailable, RemoteSlot
 from ..engine.slots import EngineFailure, FrameOutput, Slot
 from ..protocol import Effects
 from ..protocol.errors import ProtocolError
@@ -39,7 +40,7 @@ from ..recorder import SessionRecorder
 from ..transcriber import SessionTranscriber
 from .fronts import Front, ProtocolSession
 from .live import key_group, live_sessions
-from .transport import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TRY_AGAIN, Transport
+from .transport import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN, Transport
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ END_SHUTDOWN = "server_shutdown"
 END_SERVER_ERROR = "server_error"
 END_CANCELLED = "cancelled"
 END_SERVER_BUSY = "server_busy"
+END_ENGINE_LOST = "engine_lost"
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class SessionRuntime:
         *,
         handshake: Handshake,
         api_key: dict[str, Any] | None,
-        slot: Slot,
+        slot: Slot | RemoteSlot,
         model_name: str,
         transport: Transport,
         channel_layer: Any,
@@ -90,7 +92,6 @@ class SessionRuntime:
         self.channel_name = channel_name
         self.config = config
         self.model_type = handshake.model_type
-        slot.paced = handshake.front.paced
         self.session: ProtocolSession = handshake.front.new_session(model_name, config)
         self.recorder = SessionRecorder(
             session_id=self.session.session_id,
@@ -246,6 +247,9 @@ class SessionRuntime:
             return
         if isinstance(item, EngineFailure):
             error = ProtocolError("model_error", item.message, type="server_error")
+            if item.fatal:  # the engine process is gone: say so, close, free everything
+                await self.end(END_ENGINE_LOST, error, close_code=CLOSE_SERVER_ERROR)
+                return
             await self._send_events([self.session.events.error(error, None)])
             return
         effects = self.session.model_output(item.text, item.pcm, item.speech, item.client_audio)
@@ -335,6 +339,7 @@ class SessionRuntime:
             )
             effects.events.append(self.session.events.error(error, effects.client_event_id))
         self.slot.set_keep_running(self.session.wants_output)
+        self.slot.set_detect_speech(self.session.wants_speech)
         for request in effects.transcriptions:
             self.transcriber.submit(request)
         await self._send_events(effects.events)
@@ -352,18 +357,18 @@ class SessionRuntime:
         """The session chose another model type after connecting (Live's session.start names its
         model): move to a slot of that model, or end the session if none is free."""
         manager = get_manager()
-        slot = (
-            manager.acquire(model_type, asyncio.get_running_loop())
-            if manager and model_type in manager.engines
-            else None
-        )
+        slot = None
+        if manager is not None and model_type in manager.model_names():
+            with contextlib.suppress(EngineUnavailable):
+                slot = await manager.open_slot(
+                    model_type, paced=self.slot.paced, detect_speech=self.session.wants_speech
+                )
         if slot is None:
             error = ProtocolError(
                 "server_busy", f"No slot of the '{model_type}' model is free; try again later.", type="server_error"
             )
             await self.end(END_SERVER_BUSY, error, close_code=CLOSE_TRY_AGAIN)
             return
-        slot.paced = self.slot.paced
         old, self.slot, self.model_type = self.slot, slot, model_type
         old.release()
         for task in self._tasks[:1]:  # the pump waits on the old slot's outbox

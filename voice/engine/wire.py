@@ -1,0 +1,156 @@
+"""The engine process's wire format: length-prefixed messages over a local Unix socket.
+
+Every web worker talks to the one engine process per device (voice/engine/service.py) through
+one connection per session, plus short-lived connections for status queries. A message is a
+4-byte little-endian length (of what follows), a 1-byte kind and a payload. Control messages
+carry JSON; audio goes as raw float32 samples, because at 32 sessions the engine exchanges 800
+frames a second and a JSON or pickle round trip per frame would cost the step its time.
+
+Plain Python and numpy: the service and the client (voice/engine/remote.py) frame and parse with
+these functions, and the tests check them without a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .slots import FRAME_SAMPLES
+
+# Worker -> engine
+QUERY = b"Q"  # JSON {}: answered by STATUS; the connection may ask again or close
+OPEN = b"O"  # JSON {"model_type", "paced", "detect_speech"}: answered by OPENED; the connection is then the session's
+FRAME = b"F"  # FRAME_SAMPLES float32: one 80 ms input frame
+KEEP_RUNNING = b"K"  # one byte, 0/1: step on silence while a response is open
+DETECT_SPEECH = b"V"  # one byte, 0/1: run the VAD on this session's audio (turn detection is on)
+# Engine -> worker
+STATUS = b"S"  # JSON: device, models, slots, step statistics (see service.status)
+OPENED = b"o"  # JSON {"ok": true, "index", "model_name"} or {"ok": false, "code", "message"}
+OUTPUT = b"Y"  # one FrameOutput (see encode_output)
+FAILURE = b"X"  # utf-8 text: this tick's model step failed (the session goes on)
+
+HEADER = struct.Struct("<IB")  # length of kind + payload, kind
+MAX_MESSAGE_BYTES = 1 << 20  # a status or an output is a few KiB; anything bigger is a broken peer
+_OUTPUT_HEAD = struct.Struct("<BddQHH")  # flags, latency_s, ready_at, frames done, text bytes, speech count
+_CLIENT_AUDIO, _HAS_PCM, _HAS_HEARD = 1, 2, 4
+FRAME_BYTES = FRAME_SAMPLES * 4
+
+
+class WireError(Exception):
+    """A peer sent something that is not this format: the connection is closed."""
+
+
+def message(kind: bytes, payload: bytes = b"") -> bytes:
+    return HEADER.pack(len(payload) + 1, kind[0]) + payload
+
+
+def json_message(kind: bytes, body: dict[str, Any]) -> bytes:
+    return message(kind, json.dumps(body).encode())
+
+
+def parse_header(header: bytes) -> tuple[bytes, int]:
+    """The kind and the payload's length of a message whose first HEADER.size bytes are ``header``."""
+    length, kind = HEADER.unpack(header)
+    if not 1 <= length <= MAX_MESSAGE_BYTES:
+        raise WireError(f"message length {length} out of bounds")
+    return bytes([kind]), length - 1
+
+
+def parse_json(payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError(f"bad JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise WireError("JSON payload is not an object")
+    return body
+
+
+def frame_message(frame: np.ndarray) -> bytes:
+    data = np.ascontiguousarray(frame, dtype=np.float32)
+    if data.size != FRAME_SAMPLES:
+        raise ValueError(f"a frame has {FRAME_SAMPLES} samples, not {data.size}")
+    return message(FRAME, data.tobytes())
+
+
+def parse_frame(payload: bytes) -> np.ndarray:
+    if len(payload) != FRAME_BYTES:
+        raise WireError(f"a frame is {FRAME_BYTES} bytes, not {len(payload)}")
+    return np.frombuffer(payload, dtype=np.float32).copy()  # writable: torch.from_numpy wants that
+
+
+def flag_message(kind: bytes, value: bool) -> bytes:
+    return message(kind, b"\x01" if value else b"\x00")
+
+
+def parse_flag(payload: bytes) -> bool:
+    if payload not in (b"\x00", b"\x01"):
+        raise WireError("a flag is one byte, 0 or 1")
+    return payload == b"\x01"
+
+
+@dataclass
+class Output:
+    """One FrameOutput as it crosses the socket, plus ``done``: how many of the session's client
+    frames the engine has finished with (stepped or refused), so that the worker knows how many
+    are still queued there without a message per frame."""
+
+    text: str | None
+    pcm: np.ndarray | None
+    speech: list[float]
+    client_audio: bool
+    latency_s: float
+    ready_at: float
+    heard: np.ndarray | None
+    done: int
+
+
+def encode_output(output: Output) -> bytes:
+    text = (output.text or "").encode()
+    flags = (
+        (_CLIENT_AUDIO if output.client_audio else 0)
+        | (_HAS_PCM if output.pcm is not None else 0)
+        | (_HAS_HEARD if output.heard is not None else 0)
+    )
+    parts = [
+        _OUTPUT_HEAD.pack(flags, output.latency_s, output.ready_at, output.done, len(text), len(output.speech)),
+        text,
+        np.asarray(output.speech, dtype=np.float32).tobytes(),
+    ]
+    for samples in (output.pcm, output.heard):
+        if samples is not None:
+            parts.append(np.ascontiguousarray(samples, dtype=np.float32).tobytes())
+    return message(OUTPUT, b"".join(parts))
+
+
+def decode_output(payload: bytes) -> Output:
+    try:
+        flags, latency_s, ready_at, done, text_bytes, speech_count = _OUTPUT_HEAD.unpack_from(payload)
+        offset = _OUTPUT_HEAD.size
+        text = payload[offset : offset + text_bytes].decode() if text_bytes else None
+        offset += text_bytes
+        speech = np.frombuffer(payload, dtype=np.float32, count=speech_count, offset=offset).tolist()
+        offset += 4 * speech_count
+        arrays: list[np.ndarray | None] = []
+        for flag in (_HAS_PCM, _HAS_HEARD):
+            if flags & flag:
+                arrays.append(np.frombuffer(payload, dtype=np.float32, count=FRAME_SAMPLES, offset=offset).copy())
+                offset += FRAME_BYTES
+            else:
+                arrays.append(None)
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"bad output: {exc}") from None
+    if offset != len(payload):
+        raise WireError("trailing bytes after an output")
+    return Output(text, arrays[0], speech, bool(flags & _CLIENT_AUDIO), latency_s, ready_at, arrays[1], done)
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One message; IncompleteReadError at the end of the stream, WireError for garbage."""
+    kind, length = parse_header(await reader.readexactly(HEADER.size))
+    return kind, await reader.readexactly(length)
