@@ -66,7 +66,9 @@ class ChildEngine:
         env = {**os.environ, "VOICE_LOAD_MODEL": "0"}  # the engine loads its models itself, once
         arguments = ["--socket", str(self.socket_path), "--parent", str(os.getpid())]
         arguments += ["--error-file", str(self.error_file)]
-        self.process = subprocess.Popen([*self.command, *arguments], env=env)
+        # Its own session: a Ctrl-C in the terminal reaches the server, which drains its sessions
+        # and then stops the engine, instead of killing the engine under them.
+        self.process = subprocess.Popen([*self.command, *arguments], env=env, start_new_session=True)
         log.info("engine process %d started", self.process.pid)
 
     def _wait_ready(self) -> None:
