@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,35 @@ def check_channel_layer(app_configs: Any, **kwargs: Any) -> list[checks.CheckMes
                 "The in-memory channel layer cannot reach other worker processes.",
                 hint="Set REDIS_URL when running more than one daphne process.",
                 id="voice.W001",
+            )
+        ]
+    return []
+
+
+def web_workers() -> int:
+    """REALTIME_WEB_WORKERS as `make serve` resolves it: `0` = the cores this process may use (`nproc`)."""
+    configured = get_config()["WEB_WORKERS"]
+    if configured > 0:
+        return configured
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Every command, DEBUG or not: `make serve` runs several workers by default, and its `migrate` is
+# where a developer sees this.
+@checks.register()
+def check_workers_share_a_channel_layer(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    workers = web_workers()
+    if workers > 1 and not settings.REDIS_URL:
+        return [
+            checks.Warning(
+                f"REALTIME_WEB_WORKERS resolves to {workers} daphne workers and REDIS_URL is empty: the staff "
+                "console and API key revocation see only the sessions of the worker they reach.",
+                hint="Set REDIS_URL (e.g. redis://127.0.0.1:6379/0) so that every worker shares one channel "
+                "layer, or REALTIME_WEB_WORKERS=1 for a single worker.",
+                id="voice.W003",
             )
         ]
     return []
