@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import records
+from .companion import CompanionRequest
 
 
 @dataclass
@@ -18,6 +19,11 @@ class Effects:
     frames: list[np.ndarray] = field(default_factory=list)
     records: list[records.Record] = field(default_factory=list)
     transcriptions: list[TranscriptionRequest] = field(default_factory=list)
+    companion: list[CompanionRequest] = field(default_factory=list)  # calls to the companion model
+    # Text Moshi is to say in its own voice, in order (forced into its inner monologue by the
+    # engine); `hush` first drops whatever forced text is still unsaid (a cancelled response).
+    speak: list[str] = field(default_factory=list)
+    hush: bool = False
     # The `event_id` of the client event these effects answer (set by RealtimeSession.receive), so
     # that an error the caller raises afterwards (input queue overflow) can name the event too.
     client_event_id: str | None = None
@@ -27,6 +33,11 @@ class Effects:
         self.frames.extend(other.frames)
         self.records.extend(other.records)
         self.transcriptions.extend(other.transcriptions)
+        self.companion.extend(other.companion)
+        if other.hush:
+            self.speak.clear()
+            self.hush = True
+        self.speak.extend(other.speak)
 
 
 @dataclass(frozen=True)

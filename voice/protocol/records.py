@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .companion import CompanionOutcome
+
 
 @dataclass(frozen=True)
 class ConfigAccepted:
@@ -59,4 +61,4 @@ class TranscriptionOutcome:
     error_code: str | None = None
 
 
-Record = ConfigAccepted | ItemStored | ItemDeleted | ItemTruncated | TranscriptionOutcome
+Record = ConfigAccepted | ItemStored | ItemDeleted | ItemTruncated | TranscriptionOutcome | CompanionOutcome
