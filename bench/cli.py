@@ -92,6 +92,14 @@ def mid_run(server: Any) -> dict[str, Any]:
     }
 
 
+def scrape_or_nothing(scraper: Any, url: str) -> tuple[dict[Any, float], str | None]:
+    """A scrape, or nothing and why: a server whose /metrics fails gives "n/a" figures, not a failed run."""
+    try:
+        return scraper(url), None
+    except Exception as exc:  # noqa: BLE001
+        return {}, f"{type(exc).__name__}: {exc}"[:200]
+
+
 def cpu_percent(before: float | None, after: float | None, wall: float) -> float | None:
     """Percent of one core over ``wall`` seconds (None if either reading is missing)."""
     if before is None or after is None or wall <= 0:
@@ -152,7 +160,7 @@ def bench_configuration(
                 continue
             if not wait_for_idle(server.url, 60, scraper=scraper):
                 print(f"[{name}] warning: the server was still busy before K={k}", flush=True)
-            before = scraper(server.url)
+            before, metrics_error = scrape_or_nothing(scraper, server.url)
             cpu_server, cpu_self, cpu_machine, wall = (
                 server.cpu_seconds(),
                 resource.getrusage(resource.RUSAGE_SELF),
@@ -171,8 +179,10 @@ def bench_configuration(
             wall = time.monotonic() - wall
             cpu_server_after, cpu_self_after = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
             cpu_machine_after = machine_cpu_seconds()
-            after = scraper(server.url)
-            before, after = common_processes(before, after)
+            after, error_after = scrape_or_nothing(scraper, server.url)
+            metrics_error = metrics_error or error_after
+            # Figures from both scrapes or from neither (n/a): one alone would count the lifetime.
+            before, after = common_processes(before, after) if not metrics_error else ({}, {})
             # Percent of one core (the machine's: of all its cores together, so up to 100 x cores).
             server_cpu = cpu_percent(cpu_server, cpu_server_after, wall)
             bench_cpu = cpu_percent(
@@ -193,6 +203,9 @@ def bench_configuration(
             summary = summarise(runs, before, after, cpu, anchored=args.anchors)
             summary["metrics_processes"] = len(processes_in(after))  # workers whose /metrics were read
             summary["server"].update(middle)
+            if metrics_error:
+                summary["metrics_error"] = metrics_error
+                print(f"[{name}] warning: /metrics: {metrics_error}; the server's figures are n/a", flush=True)
             result["ks"].append(summary)
             failed_in_a_row = 0 if summary["held"] else failed_in_a_row + 1
             print(f"[{name}] {row(name, summary)}", flush=True)

@@ -33,6 +33,7 @@ COLUMNS = (
     ("lat p50", 7),
     ("lat p95", 7),
     ("step p50", 8),
+    ("mean", 5),
     ("ovh p50", 7),
     ("stall", 5),
     ("cpu srv", 7),
@@ -50,6 +51,7 @@ MARKDOWN_COLUMNS = (
     "latency p50",
     "p95",
     "step p50",
+    "step mean",
     "overhead p50",
     "worst loop stall",
     "server CPU %",
@@ -86,6 +88,7 @@ def cells(s: dict[str, Any]) -> list[str]:
         _fmt(s.get("latency_p50_ms"), 0),
         _fmt(s.get("latency_p95_ms"), 0),
         _fmt(srv.get("step_p50_ms")),
+        _fmt(srv.get("step_mean_ms")),
         _fmt(srv.get("overhead_p50_ms"), 2),
         _stall(s),
         _percent(cpu.get("server_cpu_percent")),
@@ -130,9 +133,9 @@ def rows_of(run: dict[str, Any], k: int, device: str | None) -> int | None:
 
 def width_of(run: dict[str, Any], s: dict[str, Any], device: str | None) -> str:
     """The batch width of a K's steps: the engine's own gauge halfway through the run, else the
-    estimate of :func:`rows_of` (marked ~)."""
+    estimate of :func:`rows_of` (marked ~); the serial engine's steps are one row wide."""
     rows = s.get("server", {}).get("rows_mid_run")
-    if rows is not None:
+    if rows is not None and run.get("engine") != "serial":  # serial: batch-1 engines, whatever the gauge sums
         return f"{rows:.0f}"
     estimate = rows_of(run, s["k"], device)
     return NA if estimate is None else f"~{estimate}"
@@ -284,7 +287,8 @@ def print_report(results: dict[str, Any], out: Path) -> None:
     print(
         "held = sessions held of K (>= 90% of the audio back by the last frame + 400 ms, no gap over 400 ms, "
         "no error); audio% = the lowest session's, gap = the worst; latency = client send -> delta of the step "
-        "that consumed the frame; times in ms; CPU in % of one core (gen = the load generator, all = the machine)."
+        "that consumed the frame; times in ms; server p50s are interpolated in /metrics' buckets (20/40/60/80 ms "
+        "for the step: its mean is exact); CPU in % of one core (gen = the load generator, all = the machine)."
     )
     for name, run in results["runs"].items():
         print()

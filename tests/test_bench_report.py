@@ -334,15 +334,15 @@ def summary(**changed: Any) -> dict[str, Any]:
 
 def test_header() -> None:
     assert header() == (
-        "       configuration    K   held  audio%    gap  lat p50  lat p95  step p50  ovh p50  stall  cpu srv"
-        "  cpu gen  cpu all  K held"
+        "       configuration    K   held  audio%    gap  lat p50  lat p95  step p50   mean  ovh p50  stall"
+        "  cpu srv  cpu gen  cpu all  K held"
     )
 
 
 def test_row() -> None:
     assert row("batched w1 max8", summary()) == (
-        "     batched w1 max8    8    8/8      99    162       94      132      50.0     1.75   <=10      87%"
-        "      10%     100%     yes"
+        "     batched w1 max8    8    8/8      99    162       94      132      50.0   51.0     1.75   <=10"
+        "      87%      10%     100%     yes"
     )
     assert len(row("batched w1 max8", summary())) == len(header())
 
@@ -353,13 +353,29 @@ def test_row_without_figures() -> None:
     assert row("serial w1 max8", s) == "  ".join(
         cell.rjust(width)
         for cell, width in zip(
-            ("serial w1 max8", "8", "3/8", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "no"),
-            (20, 3, 5, 6, 5, 7, 7, 8, 7, 5, 7, 7, 7, 6),
+            (
+                "serial w1 max8",
+                "8",
+                "3/8",
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                "no",
+            ),
+            (20, 3, 5, 6, 5, 7, 7, 8, 5, 7, 5, 7, 7, 7, 6),
             strict=True,
         )
     )
     del s["cpu"], s["sessions_held"]
-    assert row("serial w1 max8", s).split()[4:] == ["0/8"] + ["n/a"] * 10 + ["no"]
+    assert row("serial w1 max8", s).split()[4:] == ["0/8"] + ["n/a"] * 11 + ["no"]
 
 
 def results() -> dict[str, Any]:
@@ -386,12 +402,12 @@ def results() -> dict[str, Any]:
 
 def test_markdown_table() -> None:
     assert markdown_table(results()) == [
-        "| configuration | K | held | min audio % | worst gap (ms) | latency p50 | p95 | step p50 | overhead p50"
-        " | worst loop stall | server CPU % | load gen CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        "| batched w1 max16 | 8 | **8/8** | 99 | 162 | 94 | 132 | 50.0 | 1.75 | ≤10 | 87% | 10% |",
-        "| batched w1 max16 | 16 | server died | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
-        "| serial w1 max4 | 4 | 2/4 | 99 | 162 | 94 | 132 | 50.0 | 1.75 | ≤10 | 87% | 10% |",
+        "| configuration | K | held | min audio % | worst gap (ms) | latency p50 | p95 | step p50 | step mean"
+        " | overhead p50 | worst loop stall | server CPU % | load gen CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| batched w1 max16 | 8 | **8/8** | 99 | 162 | 94 | 132 | 50.0 | 51.0 | 1.75 | ≤10 | 87% | 10% |",
+        "| batched w1 max16 | 16 | server died | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
+        "| serial w1 max4 | 4 | 2/4 | 99 | 162 | 94 | 132 | 50.0 | 51.0 | 1.75 | ≤10 | 87% | 10% |",
     ]
 
 
@@ -406,11 +422,12 @@ def test_rows_of() -> None:
 def test_step_vs_batch() -> None:
     data = results()
     data["runs"]["batched w1 max16"]["ks"][0]["server"]["step_by_label"] = {"rows=8": {"p50_ms": 48.0}}
-    data["runs"]["serial w1 max4"]["ks"][0]["server"]["rows_mid_run"] = 4.0
+    data["runs"]["serial w1 max4"]["ks"][0]["server"]["rows_mid_run"] = 4.0  # its pool's rows, summed
+    data["runs"]["batched w1 max16"]["ks"][0]["server"]["rows_mid_run"] = 8.0
     assert step_vs_batch(data) == [
-        "      batched w1 max16 K=8   rows ~8   step p50 50.0 p95 60.0 mean 51.0 ms over 100 steps"
+        "      batched w1 max16 K=8   rows 8    step p50 50.0 p95 60.0 mean 51.0 ms over 100 steps"
         "  by label: rows=8: 48.0",
-        "        serial w1 max4 K=4   rows 4    step p50 50.0 p95 60.0 mean 51.0 ms over 100 steps",
+        "        serial w1 max4 K=4   rows ~1   step p50 50.0 p95 60.0 mean 51.0 ms over 100 steps",
     ]
 
 
@@ -525,3 +542,14 @@ def test_entry_point_runs_as_a_script_from_anywhere(tmp_path: Path) -> None:
             [sys.executable, script, *bad], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
         )
         assert done.returncode == 2, bad
+
+
+def test_scrape_or_nothing() -> None:
+    from bench.cli import scrape_or_nothing
+
+    assert scrape_or_nothing(lambda url: {("up", ()): 1.0}, "http://x") == ({("up", ()): 1.0}, None)
+
+    def failing(url: str) -> dict:
+        raise RuntimeError("/metrics answered 503")
+
+    assert scrape_or_nothing(failing, "http://x") == ({}, "RuntimeError: /metrics answered 503")
