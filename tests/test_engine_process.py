@@ -48,7 +48,7 @@ def split(data: bytes) -> tuple[bytes, bytes]:
 
 def test_an_output_crosses_the_wire_unchanged() -> None:
     pcm, heard = frame(1), frame(2)
-    sent = wire.Output("  café", pcm, [0.25, 0.5, 0.75], True, 0.012, 123.5, heard, done=41)
+    sent = wire.Output("  café", pcm, [0.25, 0.5, 0.75], True, 0.012, 123.5, heard, done=41, forced=True, forced_left=7)
     kind, payload = split(wire.encode_output(sent))
     assert kind == wire.OUTPUT
     received = wire.decode_output(payload)
@@ -58,11 +58,13 @@ def test_an_output_crosses_the_wire_unchanged() -> None:
         True,
         41,
     )
-    assert (received.latency_s, received.ready_at) == (0.012, 123.5)
+    assert (received.latency_s, received.ready_at, received.forced, received.forced_left) == (0.012, 123.5, True, 7)
     np.testing.assert_array_equal(received.pcm, pcm)
     np.testing.assert_array_equal(received.heard, heard)
     silent = wire.decode_output(split(wire.encode_output(wire.Output(None, None, [], False, 0.0, 0.0, None, 0)))[1])
     assert (silent.text, silent.pcm, silent.heard, silent.speech, silent.client_audio) == (None, None, None, [], False)
+    empty = wire.decode_output(split(wire.encode_output(wire.Output("", None, [], False, 0.0, 0.0, None, 0)))[1])
+    assert empty.text == ""  # a forced piece may be empty: not the same as no text
 
 
 def test_frames_flags_and_json_cross_the_wire() -> None:
@@ -166,6 +168,26 @@ async def test_an_open_response_keeps_a_remote_slot_talking_without_input(demo_c
         slot.set_keep_running(True)
         received = await outputs(slot, 3)
         assert not any(item.client_audio for item in received)
+        slot.release()
+
+
+async def test_a_remote_slot_says_a_given_text_verbatim(demo_checkpoint: Path) -> None:
+    text = "Sure, I can help you with that. What time would suit you best?"
+    async with running_engine(demo_checkpoint) as (_, remote, _):
+        slot = await remote.open_slot("sft")
+        assert slot is not None
+        assert slot.speak(text)
+        slot.set_keep_running(True)
+        said = []
+        for _ in range(600):
+            item = await asyncio.wait_for(slot.outbox.get(), TIMEOUT)
+            assert isinstance(item, FrameOutput)
+            if item.forced:
+                said.append(item.text)
+            if said and item.forced_left == 0:
+                break
+        assert "".join(said) == text
+        slot.hush()  # nothing left: harmless
         slot.release()
 
 

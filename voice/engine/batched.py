@@ -41,6 +41,7 @@ from moshi.models import LMGen
 from moshi.utils.compile import no_compile
 
 from .checkpoint import LoadedModel
+from .forcing import ForcedSpeech, pieces_of
 from .slots import FRAME_SAMPLES, EngineFailure, FrameOutput, Slot
 from .state_rows import check_resizable, copy_rows
 from .vad import SpeechDetector
@@ -142,7 +143,10 @@ class BatchedEngine:
         self._stop = False
         torch.manual_seed(seed)
         lm_gen_config = {**model.info.lm_gen_config, **(lm_gen_overrides or {})}
-        self.lm_gen = LMGen(model.lm, support_out_of_sync=True, **lm_gen_config)
+        self.lm_gen = LMGen(model.lm, support_out_of_sync=True, on_text_hook=self._force_text, **lm_gen_config)
+        # Each slot's forced speech (inference thread), and the rows forcing in the current step.
+        self._speech = [ForcedSpeech(delay=self.lm_gen.max_delay) for _ in range(batch_size)]
+        self._forcing: dict[int, ForcedSpeech] = {}
         if resize_step is None:
             resize_step = batch_size if self.device.type == "cuda" else RESIZE_STEP
         if self.lm_gen.cfg_coef != 1.0:
@@ -261,11 +265,13 @@ class BatchedEngine:
                     continue
                 done = time.perf_counter()
                 for index, slot in batch.owners.items():
-                    text, pcm = outputs.get(index, (None, None))
+                    text, pcm, forced, forced_left = outputs.get(index, (None, None, False, self._speech[index].left))
                     slot.deliver_threadsafe(
                         FrameOutput(
                             text=text,
                             pcm=pcm,
+                            forced=forced,
+                            forced_left=forced_left,
                             speech=speech[index],
                             client_audio=batch.client_audio[index],
                             latency_s=done - batch.enqueued[index],
@@ -331,6 +337,13 @@ class BatchedEngine:
         batch.prep_s = time.perf_counter() - started
         for index in resets:
             self._vads[index].reset()
+            self._speech[index] = ForcedSpeech(delay=self.lm_gen.max_delay)
+        for index, slot in batch.owners.items():
+            hushed, texts = slot.speech.take()
+            if hushed:
+                self._speech[index].hush()
+            for text in texts:
+                self._speech[index].add(pieces_of(self.model.tokenizer, text))
         return batch
 
     # --- rows: the streaming state as wide as the live slots need ------------------------------
@@ -406,7 +419,7 @@ class BatchedEngine:
 
     def _step(
         self, inputs: torch.Tensor, exec_mask: torch.Tensor, fresh_mask: torch.Tensor
-    ) -> dict[int, tuple[str | None, np.ndarray]]:
+    ) -> dict[int, tuple[str | None, np.ndarray, bool, int]]:
         """One batched step for the slots in ``exec_mask`` (all indexed by slot); their valid output."""
         rows = torch.zeros(self._width, 1, FRAME_SAMPLES)
         row_exec = torch.zeros(self._width, dtype=torch.bool)
@@ -420,12 +433,35 @@ class BatchedEngine:
                 stepped[row] = index
         if not stepped:
             return {}
-        outputs = self._step_rows(rows, row_exec, row_fresh)
-        return {stepped[row]: output for row, output in outputs.items()}
+        self._forcing = {row: self._speech[index] for row, index in stepped.items() if self._speech[index].left}
+        try:
+            outputs = self._step_rows(rows, row_exec, row_fresh)
+        finally:
+            forcing, self._forcing = self._forcing, {}
+        results = {}
+        for row, (text, pcm, forced, left) in outputs.items():
+            speech = forcing.get(row)
+            if speech is not None:
+                forced, surface = speech.output()
+                text, left = (surface if forced else None), speech.left
+            results[stepped[row]] = (text, pcm, forced, left)
+        return results
+
+    def _force_text(self, text_token: torch.Tensor) -> None:
+        """LMGen's on_text_hook: put each forcing row's next piece in place of what it sampled."""
+        if not self._forcing:
+            return
+        sampled = text_token.tolist()
+        for row, speech in self._forcing.items():
+            token = sampled[row]
+            is_word = token not in TEXT_PADDING_IDS and not self.model.tokenizer.is_control(token)
+            forced = speech.choose(token, is_word)
+            if forced is not None:
+                text_token[row] = forced
 
     def _step_rows(
         self, inputs: torch.Tensor, exec_mask: torch.Tensor, fresh_mask: torch.Tensor
-    ) -> dict[int, tuple[str | None, np.ndarray]]:
+    ) -> dict[int, tuple[str | None, np.ndarray, bool, int]]:
         """One batched encode -> LM step -> decode over the state's rows; each executed row's valid output."""
         mimi, lm_gen = self.model.mimi, self.lm_gen
         self.stats.rows_stepped = inputs.shape[0]
@@ -446,11 +482,11 @@ class BatchedEngine:
         mimi.set_exec_mask(valid)
         pcm = mimi.decode(tokens[:, 1:].clamp(min=0)).float().cpu().numpy()
         text_ids = tokens[:, 0, 0].cpu().tolist()
-        results: dict[int, tuple[str | None, np.ndarray]] = {}
+        results: dict[int, tuple[str | None, np.ndarray, bool, int]] = {}
         for index in torch.nonzero(valid.cpu()).flatten().tolist():
             text_id = text_ids[index]
             text = None
             if text_id not in TEXT_PADDING_IDS and not self.model.tokenizer.is_control(text_id):
                 text = self.model.tokenizer.id_to_piece(text_id).replace("\u2581", " ")
-            results[index] = (text, pcm[index, 0].copy())
+            results[index] = (text, pcm[index, 0].copy(), False, 0)
         return results

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import wire
+from .forcing import MAX_TEXT_CHARS
 from .slots import OUTBOX_FRAMES, EngineFailure, FrameOutput, Outbox
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,17 @@ class RemoteSlot:
             self._detect_speech = value
             self._writer.write(wire.flag_message(wire.DETECT_SPEECH, value))
 
+    def speak(self, text: str) -> bool:
+        """Say ``text`` in the model's voice (see voice/engine/forcing.py)."""
+        if self.released or self._writer.is_closing():
+            return False
+        self._writer.write(wire.message(wire.SPEAK, text[:MAX_TEXT_CHARS].encode()))
+        return True
+
+    def hush(self) -> None:
+        if not self.released and not self._writer.is_closing():
+            self._writer.write(wire.message(wire.HUSH))
+
     def release(self) -> None:
         """Close the connection: the engine frees the slot when it sees the end of the stream."""
         if self.released:
@@ -107,6 +119,8 @@ class RemoteSlot:
                             latency_s=output.latency_s,
                             heard=output.heard,
                             ready_at=output.ready_at,
+                            forced=output.forced,
+                            forced_left=output.forced_left,
                         )
                     )
                 elif kind == wire.FAILURE:

@@ -124,6 +124,10 @@ class EngineService:
                     slot.set_keep_running(wire.parse_flag(payload))
                 elif kind == wire.DETECT_SPEECH:
                     slot.detect_speech = wire.parse_flag(payload)
+                elif kind == wire.SPEAK:
+                    slot.speak(wire.parse_text(payload))
+                elif kind == wire.HUSH:
+                    slot.hush()
                 else:
                     raise wire.WireError(f"unexpected message {kind!r} in a session")
         finally:
@@ -155,4 +159,6 @@ def to_wire(item: FrameOutput, done: int) -> wire.Output:
         ready_at=item.ready_at,
         heard=item.heard if item.client_audio else None,
         done=done,
+        forced=item.forced,
+        forced_left=item.forced_left,
     )

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .forcing import SpeechInbox
+
 FRAME_SAMPLES = 1920
 OUTBOX_FRAMES = 64
 
@@ -39,6 +41,8 @@ class FrameOutput:
     latency_s: float  # client frame queued -> model output ready
     heard: np.ndarray | None = None  # the input frame the model stepped on (for recordings)
     ready_at: float = 0.0  # time.perf_counter() when the output was ready
+    forced: bool = False  # ``text`` is the next piece of a text the slot was asked to say (speak)
+    forced_left: int = 0  # pieces of such text not yet out of the model
 
 
 @dataclass
@@ -85,6 +89,7 @@ class Slot:
         # per session on a CPU core it would cost a batch of 32 sessions a third of its tick.
         self.detect_speech = True
         self.done = 0  # client frames taken for a step (inference thread; read by the engine service)
+        self.speech = SpeechInbox()  # texts to say in the model's voice (see forcing.py)
 
     # --- the event loop's side ----------------------------------------------------------------
 
@@ -107,6 +112,15 @@ class Slot:
             self._keep_running = value
         if changed:
             self._wake()
+
+    def speak(self, text: str) -> bool:
+        """Say ``text`` in the model's own voice, after what it was already asked to say; False when
+        too many texts wait."""
+        return self.speech.say(text)
+
+    def hush(self) -> None:
+        """Drop what it was asked to say and has not said yet."""
+        self.speech.hush()
 
     def set_detect_speech(self, value: bool) -> None:
         self.detect_speech = value

@@ -28,6 +28,8 @@ OPEN = b"O"  # JSON {"model_type", "paced", "detect_speech"}: answered by OPENED
 FRAME = b"F"  # FRAME_SAMPLES float32: one 80 ms input frame
 KEEP_RUNNING = b"K"  # one byte, 0/1: step on silence while a response is open
 DETECT_SPEECH = b"V"  # one byte, 0/1: run the VAD on this session's audio (turn detection is on)
+SPEAK = b"T"  # utf-8 text the slot is to say in the model's voice (see forcing.py)
+HUSH = b"H"  # drop what the slot was to say and has not said yet
 # Engine -> worker
 STATUS = b"S"  # JSON: device, models, slots, step statistics (see service.status)
 OPENED = b"o"  # JSON {"ok": true, "index", "model_name"} or {"ok": false, "code", "message"}
@@ -36,8 +38,9 @@ FAILURE = b"X"  # utf-8 text: this tick's model step failed (the session goes on
 
 HEADER = struct.Struct("<IB")  # length of kind + payload, kind
 MAX_MESSAGE_BYTES = 1 << 20  # a status or an output is a few KiB; anything bigger is a broken peer
-_OUTPUT_HEAD = struct.Struct("<BddQHH")  # flags, latency_s, ready_at, frames done, text bytes, speech count
-_CLIENT_AUDIO, _HAS_PCM, _HAS_HEARD = 1, 2, 4
+# flags, latency_s, ready_at, frames done, forced pieces left, text bytes, speech count
+_OUTPUT_HEAD = struct.Struct("<BddQIHH")
+_CLIENT_AUDIO, _HAS_PCM, _HAS_HEARD, _FORCED, _HAS_TEXT = 1, 2, 4, 8, 16
 FRAME_BYTES = FRAME_SAMPLES * 4
 
 
@@ -84,6 +87,13 @@ def parse_frame(payload: bytes) -> np.ndarray:
     return np.frombuffer(payload, dtype=np.float32).copy()  # writable: torch.from_numpy wants that
 
 
+def parse_text(payload: bytes) -> str:
+    try:
+        return payload.decode()
+    except UnicodeDecodeError as exc:
+        raise WireError(f"bad text: {exc}") from None
+
+
 def flag_message(kind: bytes, value: bool) -> bytes:
     return message(kind, b"\x01" if value else b"\x00")
 
@@ -108,6 +118,8 @@ class Output:
     ready_at: float
     heard: np.ndarray | None
     done: int
+    forced: bool = False
+    forced_left: int = 0
 
 
 def encode_output(output: Output) -> bytes:
@@ -116,9 +128,13 @@ def encode_output(output: Output) -> bytes:
         (_CLIENT_AUDIO if output.client_audio else 0)
         | (_HAS_PCM if output.pcm is not None else 0)
         | (_HAS_HEARD if output.heard is not None else 0)
+        | (_FORCED if output.forced else 0)
+        | (_HAS_TEXT if output.text is not None else 0)
     )
     parts = [
-        _OUTPUT_HEAD.pack(flags, output.latency_s, output.ready_at, output.done, len(text), len(output.speech)),
+        _OUTPUT_HEAD.pack(
+            flags, output.latency_s, output.ready_at, output.done, output.forced_left, len(text), len(output.speech)
+        ),
         text,
         np.asarray(output.speech, dtype=np.float32).tobytes(),
     ]
@@ -130,9 +146,9 @@ def encode_output(output: Output) -> bytes:
 
 def decode_output(payload: bytes) -> Output:
     try:
-        flags, latency_s, ready_at, done, text_bytes, speech_count = _OUTPUT_HEAD.unpack_from(payload)
+        flags, latency_s, ready_at, done, forced_left, text_bytes, speech_count = _OUTPUT_HEAD.unpack_from(payload)
         offset = _OUTPUT_HEAD.size
-        text = payload[offset : offset + text_bytes].decode() if text_bytes else None
+        text = payload[offset : offset + text_bytes].decode() if flags & _HAS_TEXT else None
         offset += text_bytes
         speech = np.frombuffer(payload, dtype=np.float32, count=speech_count, offset=offset).tolist()
         offset += 4 * speech_count
@@ -147,7 +163,18 @@ def decode_output(payload: bytes) -> Output:
         raise WireError(f"bad output: {exc}") from None
     if offset != len(payload):
         raise WireError("trailing bytes after an output")
-    return Output(text, arrays[0], speech, bool(flags & _CLIENT_AUDIO), latency_s, ready_at, arrays[1], done)
+    return Output(
+        text,
+        arrays[0],
+        speech,
+        bool(flags & _CLIENT_AUDIO),
+        latency_s,
+        ready_at,
+        arrays[1],
+        done,
+        bool(flags & _FORCED),
+        forced_left,
+    )
 
 
 async def read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
