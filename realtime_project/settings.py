@@ -105,9 +105,13 @@ DATABASES = {
 }
 # SQLite with several processes (the daphne workers of deploy/supervisord.conf write to one file): a
 # writer waits up to 20 s for another's lock instead of failing at once with "database is locked",
-# and WAL lets readers go on while one process writes. PostgreSQL is left as configured.
+# WAL lets readers go on while one process writes, and IMMEDIATE transactions take the write lock
+# when they begin: a deferred one that read first could not wait for it and would fail at once
+# (Django's advice for concurrent SQLite). PostgreSQL is left as configured.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "init_command": "PRAGMA journal_mode=WAL"})
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL", "transaction_mode": "IMMEDIATE"}
+    )
 
 REDIS_URL = ENV["REDIS_URL"]
 if REDIS_URL:
