@@ -1,7 +1,8 @@
 """Browsing stored conversations: declarations, with search over what was said.
 
 The conversation page adds a timeline (items, transcriptions with their latency, session config
-changes) and, when recording was on, the input and output audio, served from storage to staff.
+changes, companion calls: what the companion model was asked and answered, with its token usage,
+totalled above the timeline) and, when recording was on, the input and output audio, served from storage to staff.
 A Live API conversation's timeline is on its session clock (time since session.start): its turns
 and appends at their start, each transcription with its turn, the session as started first and the
 final one (if a session.update changed it) last.
@@ -19,14 +20,14 @@ from typing import Any
 
 from django.contrib import admin
 from django.core.files.storage import default_storage
-from django.db.models import F, QuerySet, TextField
+from django.db.models import Count, F, QuerySet, Sum, TextField
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Length, Substr
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
-from .models import Conversation, ConversationItem, SessionConfig, Transcription
+from .models import CompanionCall, Conversation, ConversationItem, SessionConfig, Transcription
 
 PREVIEW_CHARS = 200  # of a text in a list or an inline row
 TIMELINE_TEXT_CHARS = 2000  # of a text in the conversation's timeline
@@ -174,12 +175,24 @@ def counts(conversation: Conversation) -> dict[str, Any]:
     items = conversation.items.count()
     configs = conversation.configs.count()
     transcriptions = Transcription.objects.filter(item__conversation=conversation).count()
+    companion = conversation.companion_calls.aggregate(
+        calls=Count("pk"),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        total_tokens=Sum("total_tokens"),
+    )
     query = f"?conversation__id__exact={conversation.pk}"
+    entries = items + configs + transcriptions + companion["calls"]
     return {
         "items": items,
         "configs": configs,
         "transcriptions": transcriptions,
-        "cut": items > INLINE_ROWS or configs > INLINE_ROWS or items + configs + transcriptions > TIMELINE_ENTRIES,
+        "companion_calls": companion["calls"],
+        "companion_tokens": {
+            key: companion[key] or 0 for key in ("prompt_tokens", "completion_tokens", "total_tokens")
+        },
+        "companion_calls_url": reverse("admin:transcripts_companioncall_changelist") + query,
+        "cut": items > INLINE_ROWS or configs > INLINE_ROWS or entries > TIMELINE_ENTRIES,
         "shown": INLINE_ROWS,
         "timeline_shown": TIMELINE_ENTRIES,
         "items_url": reverse("admin:transcripts_conversationitem_changelist") + query,
@@ -271,6 +284,7 @@ def timeline(conversation: Conversation) -> list[dict[str, Any]]:
                 "detail": detail,
             }
         )
+    entries.extend(_companion_entries(conversation))
     if live:
         # The session as started first at zero; then stable: items before their transcriptions.
         entries.sort(key=lambda entry: (_LAST if entry["clock"] is None else entry["clock"], entry["kind"] != "config"))
@@ -317,6 +331,55 @@ def _item_detail(item: ConversationItem, live: bool) -> str:
     if live and item.item_type == ConversationItem.LIVE_TURN and item.start_ms is not None and item.end_ms is not None:
         return f"until {_clock(item.end_ms)} ({item.audio_ms} ms)"
     return f"{item.audio_ms} ms of audio" if item.audio_ms else ""
+
+
+def _companion_entries(conversation: Conversation) -> list[dict[str, Any]]:
+    """Each companion call: what it was asked (the last user message, or its purpose) and what it
+    answered (text, tool calls, or its error), with its latency and token usage."""
+    half = TIMELINE_TEXT_CHARS // 2
+    calls = with_heads(
+        conversation.companion_calls.order_by("created_at", "pk").defer("messages", "context"),
+        "asked",
+        "text",
+        "error",
+        chars=half,
+    )
+    entries = []
+    for call in calls[:TIMELINE_ENTRIES]:
+        asked = preview(call.asked_head, half) if call.asked_chars else f"({call.purpose or 'a request'})"
+        if call.status == CompanionCall.Status.FAILED:
+            answered = f"{call.error_code or 'failed'}: {preview(call.error_head, half)}"
+            more = max(0, call.error_chars - half)
+        else:
+            parts = [preview(call.text_head, half)] if call.text_chars else []
+            calls_text = ", ".join(
+                f"{tool.get('name', '?')}({preview(str(tool.get('arguments', '')), 200)})"
+                for tool in (call.tool_calls if isinstance(call.tool_calls, list) else [])
+                if isinstance(tool, dict)
+            )
+            if calls_text:
+                parts.append(f"tool call{'s' if len(call.tool_calls) > 1 else ''}: {preview(calls_text, half)}")
+            answered = " + ".join(parts) or "(nothing)"
+            more = max(0, call.text_chars - half)
+        more += max(0, call.asked_chars - half)
+        detail = [f"{call.latency_ms} ms"] if call.latency_ms is not None else []
+        if call.total_tokens is not None:
+            detail.append(
+                f"{call.total_tokens} tokens ({call.prompt_tokens or 0} prompt, {call.completion_tokens or 0} completion)"
+            )
+        entries.append(
+            {
+                "at": call.created_at,
+                "clock": call.clock_ms,
+                "kind": "companion",
+                "what": f"companion {call.purpose or 'call'} ({call.status}, {call.model or '?'})",
+                "text": f"asked: {asked} — answered: {answered}",
+                "more": more,
+                "url": reverse("admin:transcripts_companioncall_change", args=[call.pk]),
+                "detail": ", ".join(detail),
+            }
+        )
+    return entries
 
 
 def _text(head: str | None, chars: int | None, url: str) -> dict[str, Any]:
@@ -378,3 +441,39 @@ class SessionConfigAdmin(admin.ModelAdmin):
     @admin.display(description="instructions")
     def instructions_preview(self, obj: SessionConfig) -> str:
         return preview(obj.instructions_head)
+
+
+@admin.register(CompanionCall)
+class CompanionCallAdmin(admin.ModelAdmin):
+    list_display = (
+        "request_id",
+        "conversation",
+        "purpose",
+        "status",
+        "model",
+        "asked_preview",
+        "answer_preview",
+        "total_tokens",
+        "latency_ms",
+        "created_at",
+    )
+    list_filter = ("status", "purpose", "model", "error_code")
+    search_fields = ("request_id", "asked", "text", "conversation__session_id")
+    list_select_related = ("conversation",)
+    readonly_fields = [f.name for f in CompanionCall._meta.fields]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CompanionCall]:
+        # Heads for the list; the change page of one call loads it whole.
+        return with_heads(super().get_queryset(request), "asked", "text", "error")
+
+    @admin.display(description="asked")
+    def asked_preview(self, obj: CompanionCall) -> str:
+        return _head(obj, "asked")
+
+    @admin.display(description="answered")
+    def answer_preview(self, obj: CompanionCall) -> str:
+        if obj.status == CompanionCall.Status.FAILED:
+            return f"{obj.error_code}: {_head(obj, 'error')}"
+        names = [tool.get("name", "?") for tool in obj.tool_calls if isinstance(tool, dict)] if obj.tool_calls else []
+        text = _head(obj, "text")
+        return " + ".join(part for part in (text, ", ".join(names) and f"tool calls: {', '.join(names)}") if part)

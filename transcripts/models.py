@@ -1,4 +1,4 @@
-"""What is kept of each session: the conversation, its items, transcriptions and configs.
+"""What is kept of each session: the conversation, its items, transcriptions, configs and companion calls.
 
 A Realtime session (dialects ``ga`` and ``beta``) stores the protocol's own items. A Live API
 session (dialect ``live``) has no items of its own: its transcript fragments are joined into turns
@@ -160,6 +160,53 @@ class SessionConfig(models.Model):
 
     def __str__(self) -> str:
         return f"config #{self.sequence} of {self.conversation_id}"
+
+
+class CompanionCall(models.Model):
+    """One call to the companion model: what it was asked (bounded) and what it answered, or its failure.
+
+    ``messages`` keeps the system message and the last COMPANION_MESSAGES of the others, each text
+    cut at COMPANION_TEXT_CHARS (``message_count`` says how many were sent); ``asked`` is the last
+    user (or tool) message's text, for lists and the timeline.
+    """
+
+    class Status(models.TextChoices):
+        COMPLETED = "completed", "completed"
+        FAILED = "failed", "failed"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="companion_calls")
+    request_id = models.CharField(max_length=64)
+    purpose = models.CharField(max_length=32, blank=True, help_text="What it answered: turn, response.create, ...")
+    status = models.CharField(max_length=16, choices=Status.choices)
+    asked = models.TextField(blank=True, help_text="The last user (or tool) message it was sent.")
+    messages = models.JSONField(default=list, blank=True, help_text="The chat messages it was sent (bounded).")
+    message_count = models.PositiveIntegerField(default=0, help_text="How many messages were sent.")
+    tools = models.JSONField(default=list, blank=True, help_text="The names of the tools it was offered.")
+    tool_choice = models.JSONField(null=True, blank=True)
+    text = models.TextField(blank=True, help_text="The text it answered.")
+    tool_calls = models.JSONField(
+        default=list, blank=True, help_text="The tool calls it answered: call_id, name, arguments."
+    )
+    model = models.CharField(max_length=128, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    context = models.JSONField(
+        default=dict, blank=True, help_text="The protocol's own bookkeeping (a response id, ...)."
+    )
+    clock_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Live: the session clock reached when the answer was stored."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.purpose or 'companion'} {self.status}: {_text_head(self)[:60]}"
 
 
 def _text_head(obj: models.Model) -> str:

@@ -6,11 +6,13 @@ transcripts.sanitize first (cut to its column, NUL characters removed), so what 
 cannot make a write fail.
 
 Live API sessions (dialect ``live``) send voice.live.records mixed with TranscriptionOutcome; how
-they become rows is described at ``_Live``.
+they become rows is described at ``_Live``. A CompanionOutcome (either dialect) is a CompanionCall:
+what the companion model was asked, bounded (``companion_messages``), and what it answered.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,8 +22,9 @@ from django.utils import timezone
 
 from voice.live import records as live
 from voice.protocol import records
+from voice.protocol.companion import CompanionOutcome
 
-from .models import Conversation, ConversationItem, SessionConfig, Transcription
+from .models import CompanionCall, Conversation, ConversationItem, SessionConfig, Transcription
 from .sanitize import clean_json, clean_text, field_value, item_key, model_values
 
 
@@ -89,6 +92,11 @@ def conversation_records_apply(*, conversation_pk: int, batch: Iterable[records.
             _items(conversation_pk, record.item_id).update(
                 **model_values(ConversationItem, {"truncated_at_ms": record.audio_end_ms, "text": record.heard_text})
             )
+        elif isinstance(record, CompanionOutcome):
+            if state is None and live_dialect is None:
+                live_dialect = _live_conversation(conversation_pk)
+            clock = state.clock if state is not None else (_live_clock(conversation_pk) if live_dialect else None)
+            _companion_record(conversation_pk, record, clock)
     if state is not None:
         state.save()
 
@@ -186,6 +194,118 @@ def _transcription_record(conversation_pk: int, record: records.TranscriptionOut
     if record.error is None:
         item.text = fields["text"]
         item.save(update_fields=["text", "updated_at"])
+
+
+# --- companion calls ----------------------------------------------------------------------------
+
+COMPANION_MESSAGES = 20  # messages kept of each call, besides a leading system message
+COMPANION_TEXT_CHARS = 4000  # of each text in them, and of each tool call's arguments
+COMPANION_TOOL_CALLS = 32  # tool calls kept of one answer
+COMPANION_TOOLS = 128  # tool names kept of one call
+
+
+def companion_messages(messages: list[Any]) -> list[Any]:
+    """The messages of a call as stored: a leading system (or developer) message and the last
+    COMPANION_MESSAGES others, each string in them cut at COMPANION_TEXT_CHARS (with a note)."""
+    messages = [message for message in messages if isinstance(message, dict)] if isinstance(messages, list) else []
+    head: list[Any] = []
+    if messages and messages[0].get("role") in ("system", "developer"):
+        head, messages = messages[:1], messages[1:]
+    return clean_json([_cut_strings(message) for message in head + messages[-COMPANION_MESSAGES:]])
+
+
+def _cut_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return _cut_text(value)
+    if isinstance(value, dict):
+        return {key: _cut_strings(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cut_strings(item) for item in value]
+    return value
+
+
+def _cut_text(text: str, limit: int = COMPANION_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: their texts
+        return " ".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _asked(messages: list[Any]) -> str:
+    """The last user (or tool) message's text: what the call was about."""
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") in ("user", "tool"):
+            text = _message_text(message)
+            return _cut_text(f"(tool output) {text}" if message.get("role") == "tool" else text)
+    return ""
+
+
+def _tool_names(tools: list[Any]) -> list[str]:
+    names = []
+    for tool in tools[:COMPANION_TOOLS] if isinstance(tools, list) else []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        names.append(str(name)[:128] if name is not None else "?")
+    return names
+
+
+def _live_clock(conversation_pk: int) -> int:
+    return ConversationItem.objects.filter(conversation_id=conversation_pk).aggregate(clock=Max("end_ms"))["clock"] or 0
+
+
+def _companion_record(conversation_pk: int, record: CompanionOutcome, clock_ms: int | None = None) -> None:
+    """The call and its answer (or failure) as a CompanionCall; its usage in columns of their own."""
+    request = record.request
+    usage = record.usage if isinstance(record.usage, dict) else {}
+    failed = record.error is not None or record.error_code is not None
+    tool_calls = [
+        {"call_id": call.call_id, "name": call.name, "arguments": _cut_text(call.arguments)}
+        for call in record.tool_calls[:COMPANION_TOOL_CALLS]
+    ]
+    CompanionCall.objects.create(
+        conversation_id=conversation_pk,
+        messages=companion_messages(request.messages),
+        **model_values(
+            CompanionCall,
+            {
+                "request_id": request.request_id,
+                "purpose": request.purpose,
+                "status": CompanionCall.Status.FAILED if failed else CompanionCall.Status.COMPLETED,
+                "asked": _asked(request.messages),
+                "message_count": len(request.messages) if isinstance(request.messages, list) else 0,
+                "tools": _tool_names(request.tools),
+                "tool_choice": _plain(request.tool_choice),
+                "text": record.text or "",
+                "tool_calls": tool_calls,
+                "model": record.model or "",
+                "prompt_tokens": _tokens(usage.get("prompt_tokens")),
+                "completion_tokens": _tokens(usage.get("completion_tokens")),
+                "total_tokens": _tokens(usage.get("total_tokens")),
+                "latency_ms": max(0, record.latency_ms) if isinstance(record.latency_ms, int) else None,
+                "error": record.error or "",
+                "error_code": record.error_code or "",
+                "context": _plain(request.context) if isinstance(request.context, dict) else {},
+                "clock_ms": clock_ms,
+            },
+        ),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON data (anything else as its text), so that it cannot fail the insert."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _tokens(value: Any) -> int | None:
+    return max(0, value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # --- Live API sessions --------------------------------------------------------------------------

@@ -272,6 +272,42 @@ VARIABLES: tuple[Variable, ...] = (
         "ASR_BACKEND",
         "OpenAI-compatible",
     ),
+    # --- the companion model ---
+    Variable(
+        "COMPANION_BASE_URL",
+        "",
+        "an OpenAI-compatible chat-completions API that reads what was said, the instructions and tools, and answers with text Moshi says or tool calls; with `COMPANION_API_KEY` also unset, there is no companion",
+        "COMPANION_BASE_URL",
+        "(none)",
+    ),
+    Variable("COMPANION_API_KEY", "", "its key", "COMPANION_API_KEY", "(none)"),
+    Variable("COMPANION_MODEL", "gpt-4o-mini", "the model the companion service is asked for", "COMPANION_MODEL"),
+    Variable("COMPANION_TIMEOUT_S", 20.0, "per request, the whole streamed answer", "COMPANION_TIMEOUT_S"),
+    Variable(
+        "COMPANION_RETRIES",
+        1,
+        "retries after timeouts, 5xx, 429 and connection errors, backing off exponentially from 0.5 s",
+        "COMPANION_RETRIES",
+    ),
+    Variable(
+        "COMPANION_MAX_PENDING",
+        4,
+        "requests per session waiting for the companion (one runs at a time); more fail at once with `companion_busy`",
+        "COMPANION_MAX_PENDING",
+    ),
+    Variable(
+        "COMPANION_MAX_TOKENS",
+        400,
+        "`max_completion_tokens` of each request: the longest answer",
+        "COMPANION_MAX_TOKENS",
+    ),
+    Variable(
+        "COMPANION_BACKEND",
+        "voice.companion.backends.openai_compatible_from_settings",
+        "dotted path to another companion backend factory",
+        "COMPANION_BACKEND",
+        "OpenAI-compatible",
+    ),
     # --- access and operations ---
     Variable(
         "REALTIME_OPEN_ENDPOINT",
