@@ -362,16 +362,27 @@ def test_starts_never_step_back_across_speakers() -> None:
 # --- text appends, update, refusals -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["instructions", "thinking", "commentary"])
+@pytest.mark.parametrize("kind", ["instructions", "thinking"])
 def test_appends_are_acked_recorded_and_explained_once(kind: str) -> None:
     session = started()
     step(session, None, HUM)
     effects = send(session, type=f"session.{kind}.append", event_id="p", content="Say hi.", delegation_id=None)
     assert types(effects) == [f"session.{kind}.appended", "info"]
     assert effects.events[0]["start_ms"] == effects.events[0]["end_ms"] == 80
-    assert effects.records[0].content == "Say hi."
+    assert effects.records[0].content == "Say hi." and effects.speak == []
     again = send(session, type=f"session.{kind}.append", content="More.", delegation_id=None)
     assert types(again) == [f"session.{kind}.appended"]
+
+
+def test_commentary_is_spoken_without_a_companion() -> None:
+    """Commentary needs only the engine's forcing: Moshi says it word for word, no info needed."""
+    session = started()
+    effects = send(session, type="session.commentary.append", event_id="p", content=" Say hi. ", delegation_id=None)
+    assert types(effects) == ["session.commentary.appended"] and effects.speak == ["Say hi."]
+    assert effects.records[0].content == " Say hi. "
+    silent = started(LiveOptions(speak_commentary=False))
+    effects = send(silent, type="session.commentary.append", content="Say hi.", delegation_id=None)
+    assert types(effects) == ["session.commentary.appended", "info"] and effects.speak == []
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,12 @@ class LiveOptions:
     max_instructions_chars: int = 65536  # about 16,384 tokens
     max_append_tokens: int = 500
     wall: Callable[[], float] = time.time  # expires_at's clock
+    # A companion model is configured (COMPANION_*): client and Responses delegation are emulated
+    # with it (delegation.py). Without one, delegation is accepted and echoed but never starts.
+    companion: bool = False
+    # `session.commentary.append` is said by Moshi word for word (Effects.speak, forced into its
+    # inner monologue by the engine); False: acknowledged and stored only.
+    speak_commentary: bool = True
 
     def model_type(self, model: str) -> str | None:
         return self.server_models.get(model) or LIVE_MODELS.get(model)
@@ -78,8 +84,11 @@ def _check_delegation(delegation: Any, prefix: str) -> None:
             "Decisions delegation is not supported by this server (no Decisions API); use 'client' or 'responses'.",
             f"{prefix}.type",
         )
-    tools = (delegation.get("responses") or {}).get("tools") or []
-    for index, tool in enumerate(tools):
+    responses = delegation.get("responses")
+    if not isinstance(responses, dict):
+        return
+    tools = responses.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else []):
         if isinstance(tool, dict) and tool.get("type") != "function":
             raise refuse(
                 "unsupported_server_tool",
@@ -87,6 +96,49 @@ def _check_delegation(delegation: Any, prefix: str) -> None:
                 "only function tools are supported.",
                 f"{prefix}.responses.tools[{index}].type",
             )
+    choice = responses.get("tool_choice")
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        if kind == "allowed_tools":
+            allowed = choice.get("tools")
+            for index, tool in enumerate(allowed if isinstance(allowed, list) else []):
+                if isinstance(tool, dict) and tool.get("type") != "function":
+                    raise refuse(
+                        "unsupported_server_tool",
+                        f"Tool type '{tool.get('type')}' runs on OpenAI's servers and is not available here; "
+                        "only function tools can be allowed.",
+                        f"{prefix}.responses.tool_choice.tools[{index}].type",
+                    )
+        elif kind != "function":
+            raise refuse(
+                "unsupported_server_tool",
+                f"tool_choice type '{kind}' names a tool that runs on OpenAI's servers; "
+                "only 'auto', 'none', 'required', a function or allowed function tools are supported.",
+                f"{prefix}.responses.tool_choice.type",
+            )
+
+
+def check_hosted_tools(event: dict[str, Any]) -> None:
+    """Before the event is validated by type: a hosted tool (or tool_choice) is refused as such,
+    even when it carries settings the Live schema does not declare (`vector_store_ids`, ...),
+    which would otherwise be reported as an unknown parameter of a tool nobody can use here."""
+    session = event.get("session")
+    if isinstance(session, dict) and isinstance(session.get("delegation"), dict):
+        _check_delegation(session["delegation"], "session.delegation")
+
+
+def _check_tool_choice(delegation: dict[str, Any], prefix: str) -> None:
+    """A function named by tool_choice must be one of the tools (checked on the merged settings)."""
+    responses = delegation.get("responses") or {}
+    choice = responses.get("tool_choice")
+    names = {t.get("name") for t in responses.get("tools") or [] if isinstance(t, dict)}
+    if isinstance(choice, dict) and choice.get("type") == "function" and choice.get("name") not in names:
+        raise refuse(
+            "invalid_value",
+            f"tool_choice names the function '{str(choice.get('name'))[:64]}', which is not in "
+            f"'{prefix}.responses.tools'.",
+            f"{prefix}.responses.tool_choice.name",
+        )
 
 
 def _check_triggers(triggers: Any, param: str) -> None:
@@ -116,6 +168,8 @@ def resolve_start(config: dict[str, Any], options: LiveOptions, session_id: str)
         )
     _check_triggers(config.get("triggers"), "session.triggers")
     _check_delegation(config.get("delegation"), "session.delegation")
+    if isinstance(config.get("delegation"), dict):
+        _check_tool_choice(config["delegation"], "session.delegation")
     audio = config.get("audio") or {}
     fmt = AudioFormat(**audio["format"]) if audio.get("format") else AudioFormat()
     if fmt.rate not in SUPPORTED_RATES[fmt.type]:
@@ -188,4 +242,5 @@ def apply_update(resource: dict[str, Any], update: dict[str, Any]) -> dict[str, 
         current["acknowledgement_delay_ms"] = delegation["acknowledgement_delay_ms"]
     if delegation.get("responses"):
         current["responses"].update(copy.deepcopy(delegation["responses"]))
+        _check_tool_choice(current, "session.delegation")
     return result

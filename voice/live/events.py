@@ -56,6 +56,24 @@ class LiveEvents:
     def appended(self, kind: str, at_ms: int, client_event_id: str | None) -> dict[str, Any]:
         return self._event(f"session.{kind}.appended", client_event_id, start_ms=at_ms, end_ms=at_ms)
 
+    def delegation_created(
+        self, delegation_id: str, target: str, response_id: str | None, offset_ms: int
+    ) -> dict[str, Any]:
+        delegation: dict[str, Any] = {"id": delegation_id, "type": "delegation", "target": target}
+        if response_id is not None:
+            delegation["response_id"] = response_id
+        return self._event("session.delegation.created", delegation=delegation, offset_ms=offset_ms)
+
+    def response_event(
+        self, event: dict[str, Any], delegation_id: str | None, client_event_id: str | None = None
+    ) -> dict[str, Any]:
+        """A nested Responses streaming event; `delegation_id` is omitted for a response the
+        client asked for outside any delegation."""
+        fields: dict[str, Any] = {"event": event}
+        if delegation_id is not None:
+            fields["delegation_id"] = delegation_id
+        return self._event("response.event", client_event_id, **fields)
+
     def audio_delta(self, delta: str) -> dict[str, Any]:
         """No event_id: the primary WebSocket's audio deltas carry only their audio."""
         return {"type": "session.output_audio.delta", "delta": delta}

@@ -25,8 +25,9 @@ class OutputGate:
         self.speaking = False
         self._quiet_frames = 0
 
-    def frame(self, text: str | None, pcm: np.ndarray | None) -> np.ndarray:
-        active = text is not None or (pcm is not None and rms(pcm) > self.policy.activity_rms)
+    def frame(self, text: str | None, pcm: np.ndarray | None, hold: bool = False) -> np.ndarray:
+        """``hold``: forced text is still to be said, so a pause between its words is speech."""
+        active = hold or text is not None or (pcm is not None and rms(pcm) > self.policy.activity_rms)
         if active:
             self.speaking = True
             self._quiet_frames = 0

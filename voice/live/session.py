@@ -6,6 +6,9 @@ out (server events, 24 kHz frames for the model, ASR requests, records). `receiv
 a client's mistake is an `error` event naming the parameter and the client's `event_id`, anything
 else a generic `server_error` (logged). Unlike Realtime there are no turns and no responses: from
 `session.start` to the close the model steps every frame and each frame is one output delta.
+With a companion model configured (LiveOptions.companion), client and Responses delegation are
+emulated by delegation.py: companion requests go out as Effects.companion, answers come back
+through `companion_completed`, and text for Moshi to say goes out as Effects.speak.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from voice.protocol.audio import FRAME_MS, FRAME_SAMPLES, FrameAssembler
+from voice.protocol.companion import CompanionOutcome
 from voice.protocol.effects import Effects, TranscriptionRequest
 from voice.protocol.errors import ProtocolError
 from voice.protocol.ids import new_id
@@ -26,6 +30,7 @@ from voice.protocol.records import TranscriptionOutcome
 from . import client_events, config, records
 from .audio import DEFAULT_FORMAT, InputDecoder, OutputEncoder, decode_pcm16_24k
 from .config import LiveOptions
+from .delegation import Delegator
 from .events import LiveEvents
 from .output import Fixture, OutputGate
 from .transcripts import Segment, Segmenter, TranscriptMerger
@@ -36,8 +41,16 @@ _SERVER_ERROR = ProtocolError(
     "server_error", "The server had an error while processing your request.", type="server_error"
 )
 NOT_APPLIED = (
+    "Moshi hears and speaks audio only: appended instructions and thinking are acknowledged and stored "
+    "with the conversation, but they do not steer its speech."
+)
+NOT_APPLIED_SILENT = (
     "Moshi hears and speaks audio only: appended instructions, thinking and commentary are acknowledged "
-    "and stored with the conversation, but they do not steer its speech yet."
+    "and stored with the conversation, but they do not steer its speech."
+)
+COMPANION_CONTEXT = (
+    "Appended instructions and thinking are given to the delegation model as context; they do not steer "
+    "Moshi's own speech."
 )
 MAX_HEARD_FRAMES = 256  # client frames queued for the model, kept to give the ASR what it heard
 
@@ -71,6 +84,8 @@ class LiveSession:
         self._open_segment_id: str | None = None
         self._next_usage_ms = self.options.usage_interval_ms
         self._told_not_applied = False
+        transcribes = self.options.transcription_model is not None
+        self._delegator = Delegator(self.events, self.options.wall, transcribes) if self.options.companion else None
         append = self._text_append
         self._handlers: dict[str, Handler] = {
             "session.start": self._start,
@@ -129,6 +144,8 @@ class LiveSession:
                 return Effects(client_event_id=event_id)  # nothing after session.closed
             if event.get("type") == "session.update":
                 config.check_immutable(event.get("session"))
+            if (event.get("type"), self.started) in (("session.start", False), ("session.update", True)):
+                config.check_hosted_tools(event)
             client_events.check(event)
             if not self.started and event["type"] != "session.start":
                 raise ProtocolError(
@@ -144,12 +161,22 @@ class LiveSession:
         return effects
 
     def model_output(
-        self, text: str | None, pcm: np.ndarray | None, speech: Sequence[float] = (), client_audio: bool = False
+        self,
+        text: str | None,
+        pcm: np.ndarray | None,
+        speech: Sequence[float] = (),
+        client_audio: bool = False,
+        *,
+        forced: bool = False,
+        forced_left: int = 0,
     ) -> Effects:
         """One 80 ms model frame: what the model heard (VAD scores, whether it was client audio) and said.
 
         Always one `session.output_audio.delta` (the model's speech, silence, or the fixture), then
         any transcript fragments that may go, usage every few seconds, and the close at expiry.
+        ``forced``: ``text`` is the next piece of forced text (Effects.speak: commentary, a
+        delegated reply), sent as it is; ``forced_left``: forced tokens still to be said, during
+        which the output is speech even between words.
         """
         if not self.wants_output:
             return Effects()
@@ -166,13 +193,15 @@ class LiveSession:
         if self.fixture is not None:
             frame, text = self.fixture.next_frame(), None
         else:
-            frame = self._gate.frame(text, pcm)
+            frame = self._gate.frame(text, pcm, hold=forced_left > 0)
         effects.events.append(self.events.audio_delta(self._encoder.encode(frame)))
         if self.fixture is not None and self.fixture.finished:
             self.fixture = None
             effects.events.append(self.events.ack("session.output_audio.fixture.played", None))
         start = (self.frames + self.options.text_offset_frames) * FRAME_MS
         self.frames += 1
+        if text and not forced and self._delegator is not None:
+            self._delegator.speech(start, text)  # forced text is in its history as what it came from
         ready = (
             self._merger.output(records.Fragment("assistant", text, start, start + FRAME_MS), self.now_ms)
             if text
@@ -199,6 +228,16 @@ class LiveSession:
             ready = self._merger.user_text(segment.id, outcome.text, segment.start_ms, segment.end_ms, self.now_ms)
         effects = self._send(ready)
         effects.records.insert(0, outcome)
+        if self._delegator is not None and outcome.error is None and outcome.text.strip():
+            effects.extend(self._delegator.user_turn(segment.start_ms, segment.end_ms, outcome.text, self.now_ms))
+        return effects
+
+    def companion_completed(self, outcome: CompanionOutcome) -> Effects:
+        """The companion's answer to a request these effects asked for: stored, and turned into
+        delegation events (and speech) while the session lives."""
+        effects = Effects(records=[outcome])
+        if self._delegator is not None and self.wants_output:
+            effects.extend(self._delegator.completed(outcome, self.now_ms))
         return effects
 
     def input_dropped(self, samples: int) -> None:
@@ -237,14 +276,19 @@ class LiveSession:
         self.model_type = self.options.model_type(resource["model"])
         self._decoder, self._encoder = InputDecoder(fmt), OutputEncoder(fmt)
         assert self.model_type is not None
-        return Effects(
+        effects = Effects(
             events=[self.events.session_started(resource, event_id)],
             records=[records.LiveStarted(resource, self.model_type)],
         )
+        if self._delegator is not None:
+            effects.events += self._delegator.started(resource)
+        return effects
 
     def _update(self, event: dict[str, Any], event_id: str | None) -> Effects:
         assert self.resource is not None
         self.resource = config.apply_update(self.resource, event["session"])
+        if self._delegator is not None:
+            self._delegator.configure(self.resource)
         return Effects(events=[self.events.session_updated(self.resource, event_id)])
 
     def _finish(self, reason: records.CloseReason, event_id: str | None) -> Effects:
@@ -316,7 +360,8 @@ class LiveSession:
         if self.fixture is not None:
             raise ProtocolError("fixture_active", f"session.{kind}.append is rejected while an audio fixture plays.")
         delegation_id = event["delegation_id"]
-        if delegation_id is not None:
+        known = self._delegator is not None and delegation_id is not None and self._delegator.knows(delegation_id)
+        if delegation_id is not None and not known:
             responses = self.resource["delegation"].get("type") == "responses"
             raise ProtocolError(
                 "invalid_value",
@@ -336,9 +381,18 @@ class LiveSession:
             events=[self.events.appended(kind, self.now_ms, event_id)],
             records=[records.Appended(kind, content, delegation_id, self.now_ms)],
         )
-        if not self._told_not_applied:
+        spoken = kind == "commentary" and self.options.speak_commentary
+        if spoken and content.strip():
+            effects.speak.append(content.strip())
+        if self._delegator is not None:
+            self._delegator.appended(kind, content, spoken)
+        if not spoken and not self._told_not_applied:
             self._told_not_applied = True
-            effects.events.append(self.events.info("append_not_applied", NOT_APPLIED, event_id))
+            if self._delegator is not None:
+                message = COMPANION_CONTEXT
+            else:
+                message = NOT_APPLIED if self.options.speak_commentary else NOT_APPLIED_SILENT
+            effects.events.append(self.events.info("append_not_applied", message, event_id))
         return effects
 
     def _unsupported(self, event: dict[str, Any], event_id: str | None) -> Effects:
@@ -352,6 +406,10 @@ class LiveSession:
         assert self.resource is not None
         if self.resource["delegation"].get("type") != "responses":
             raise ProtocolError("responses_delegation_required", f"'{event['type']}' requires Responses delegation.")
+        if self._delegator is not None:
+            if event["type"] == "response.item.create":
+                return self._delegator.item_create(event)
+            return self._delegator.response_create(event_id)
         raise ProtocolError(
             "no_pending_delegation", "No Responses delegation is waiting for tool results in this session."
         )
