@@ -492,3 +492,28 @@ def test_fuzzed_events_while_a_delegation_waits(texts: list[Any]) -> None:
                 assert event["error"]["type"] != "server_error", (text[:300], event)
         for request in effects.companion:
             checked(live.companion_completed(answer(request, text="Okay.")))
+
+
+def test_a_delegation_is_acknowledged_aloud_at_once_by_default() -> None:
+    live, _ = session_with(delegation=RESPONSES)
+    effects, _ = delegated_call(live)
+    assert effects.speak == ["One moment."]
+    live, _ = session_with(delegation={"type": "client"})
+    (request,) = user_says(live, "Book a taxi.").companion
+    call = ToolCall("c", "delegate", '{"task": "taxi"}')
+    assert checked(live.companion_completed(answer(request, calls=(call,)))).speak == ["One moment."]
+
+
+def test_a_delayed_acknowledgement_is_said_unless_commentary_or_thinking_comes_first() -> None:
+    delegation = {"type": "client", "acknowledgement_delay_ms": 400}
+    for cancel in (False, True):
+        live, _ = session_with(delegation=delegation)
+        (request,) = user_says(live, "Book a taxi.").companion
+        call = ToolCall("c", "delegate", '{"task": "taxi"}')
+        created = checked(live.companion_completed(answer(request, calls=(call,))))
+        assert created.speak == []
+        if cancel:
+            delegation_id = created.events[0]["delegation"]["id"]
+            send(live, type="session.thinking.append", content="Looking.", delegation_id=delegation_id)
+        said = [text for _ in range(6) for text in checked(live.model_output(None, HUM)).speak]
+        assert said == ([] if cancel else ["One moment."])

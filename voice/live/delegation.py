@@ -17,7 +17,9 @@ chat-completions model, with the conversation so far as chat messages.
   calling it becomes `session.delegation.created {target: "client"}`. The application's appends
   name that id; commentary is spoken, instructions and thinking become companion context.
 
-A failed companion call is `response.failed` (responses) or an `info` (client), never a wait.
+A delegation that waits is acknowledged aloud ("One moment.") after `acknowledgement_delay_ms`
+unless commentary or thinking comes first. A failed companion call is `response.failed`
+(responses) or an `info` (client), never a wait.
 Nothing here does I/O: requests go out as Effects.companion, answers come back through
 `completed`.
 """
@@ -58,6 +60,9 @@ DELEGATE_TOOL: dict[str, Any] = {
     },
 }
 NO_RESULT = "No result was returned."
+# Said by Moshi `acknowledgement_delay_ms` after a delegation is created (0, the default outside
+# Decisions: at once), unless commentary or thinking is appended first (SDK ClientDelegation).
+ACKNOWLEDGEMENT = "One moment."
 MAX_MESSAGES = 48  # conversation messages the companion reads (the oldest go first)
 MAX_CHARS = 24_000  # and their text, roughly
 MAX_NOTES = 32
@@ -441,6 +446,7 @@ class Delegator:
         self.chain: Chain | None = None
         self.turn_in_flight = False  # a turn's request is with the companion
         self.turn_waiting: tuple[int, int] | None = None  # a turn that came meanwhile: (start_ms, end_ms)
+        self.acks: dict[str, int] = {}  # delegation id -> when its spoken acknowledgement is due
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -473,10 +479,26 @@ class Delegator:
 
     def appended(self, kind: str, content: str, spoken: bool) -> None:
         """An accepted append: instructions and thinking are context, spoken commentary is what Moshi says."""
+        if kind in ("commentary", "thinking"):
+            self.acks.clear()  # "cancels all pending acknowledgements, including those for other delegations"
         if spoken:
             self.history.assistant(content)
         else:
             self.history.note(content if kind == "instructions" else f"({kind}) {content}")
+
+    def due(self, now_ms: int) -> list[str]:
+        """Acknowledgements to say now (one per delegation whose delay has passed)."""
+        ready = [d for d, at in self.acks.items() if at <= now_ms]
+        for delegation_id in ready:
+            del self.acks[delegation_id]
+        return [ACKNOWLEDGEMENT] if ready else []
+
+    def _acknowledge(self, delegation_id: str, now_ms: int, effects: Effects) -> None:
+        delay = max(int(self.delegation.get("acknowledgement_delay_ms") or 0), 0)
+        if delay:
+            self.acks[delegation_id] = now_ms + delay
+        else:
+            effects.speak.append(ACKNOWLEDGEMENT)
 
     def knows(self, delegation_id: str) -> bool:
         return delegation_id in self.client_ids
@@ -622,7 +644,9 @@ class Delegator:
                 return Effects()
             delegation_id = new_id("dlg")
             self.client_ids.add(delegation_id)
-            return Effects(events=[self.events.delegation_created(delegation_id, "client", None, offset_ms)])
+            effects = Effects(events=[self.events.delegation_created(delegation_id, "client", None, offset_ms)])
+            self._acknowledge(delegation_id, now_ms, effects)
+            return effects
         calls = self._calls(outcome.tool_calls)
         if outcome.error is None and not calls:
             return Effects()  # a plain answer: no delegation, Moshi answers by itself
@@ -635,6 +659,8 @@ class Delegator:
         ]
         effects = self._finish(outcome, calls, now_ms)
         effects.events[:0] = events
+        if self.chain is not None:  # it waits for the client's tool outputs
+            self._acknowledge(chain.delegation_id, now_ms, effects)
         return effects
 
     def _chain_answer(self, outcome: CompanionOutcome, context: dict[str, Any], now_ms: int) -> Effects:
@@ -659,6 +685,8 @@ class Delegator:
             chain.group, chain.waiting_since_ms = group, now_ms
             return Effects(events=[*stream.function_calls(calls), stream.completed(usage)])
         self.chain = None
+        if chain.delegation_id is not None:
+            self.acks.pop(chain.delegation_id, None)  # the answer itself is said instead
         text = outcome.text.strip()
         effects = Effects(events=[*(stream.message(text) if text else []), stream.completed(usage)])
         if text:

@@ -210,6 +210,8 @@ class LiveSession:
         if was_speaking and not self._gate.speaking:  # the burst ends: its words go with it
             ready += self._merger.burst_ended(self.now_ms)
         effects.extend(self._send(ready))
+        if self._delegator is not None and self._delegator.acks:
+            effects.speak += self._delegator.due(self.now_ms)
         if self.now_ms >= self._next_usage_ms:
             self._next_usage_ms += self.options.usage_interval_ms
             effects.events.append(self._usage_event())
