@@ -56,6 +56,7 @@ MARKDOWN_COLUMNS = (
     "worst loop stall",
     "server CPU %",
     "load gen CPU %",
+    "others CPU %",
 )
 
 NA = "n/a"
@@ -107,12 +108,15 @@ def header() -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> list[str]:
-    """The README's table: one row per configuration and K, times in ms, CPU in % of one core."""
+    """The README's table: one row per configuration and K, times in ms, CPU in % of one core
+    (others: every process on the machine but the server and the load generator -- a K measured
+    while something else took a core is not the server's figure)."""
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
     for name, run in results["runs"].items():
         for s in run["ks"]:
             if "server" in s:
-                values = [name, str(s["k"]), *cells(s)[:-1]]
+                others = _percent(s.get("cpu", {}).get("other_processes_cpu_percent"))
+                values = [name, str(s["k"]), *cells(s)[:-1], others]
                 values[2] = f"**{values[2]}**" if s.get("held") else values[2]
             else:
                 values = [name, str(s["k"]), "; ".join(s.get("reasons", [])), *[NA] * (len(MARKDOWN_COLUMNS) - 3)]
