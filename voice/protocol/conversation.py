@@ -82,6 +82,9 @@ class Entry:
     audio_ms: int = 0  # the model's audio sent for this item
     pieces: list[tuple[int, str]] = field(default_factory=list)  # (frame index, text) as streamed
     heard: str | None = None  # after a truncation: the text heard up to its audio_end_ms
+    # A user audio item's words as the server's ASR heard them, also when the client did not ask
+    # for transcription (the companion reads them; the item the client sees keeps `null`).
+    transcript: str | None = None
 
     @property
     def id(self) -> str:
@@ -210,13 +213,31 @@ class Conversation:
         """A copy of the item for the client."""
         return copy.deepcopy(self.entry(item_id, "item_retrieve_invalid_item_id", "retrieving").item)
 
-    def transcribed(self, item_id: str, transcript: str) -> None:
-        """The ASR text of a user audio item, if the item is still here (the client may have deleted it)."""
+    def transcribed(self, item_id: str, transcript: str, *, visible: bool = True) -> None:
+        """The ASR text of a user audio item, if the item is still here (the client may have deleted it);
+        ``visible``: the client asked for it, so the item it sees says it too."""
         for entry in self._entries:
             if entry.id == item_id:
+                entry.transcript = transcript
+                if not visible:
+                    continue
                 for part in entry.item.get("content", []):
                     if part.get("type") == "input_audio":
                         part["transcript"] = transcript
+
+    def items(self) -> list[dict[str, Any]]:
+        """The items as they stand (not copies: read only)."""
+        return [entry.item for entry in self._entries]
+
+    def history(self) -> list[tuple[dict[str, Any], str | None]]:
+        """Each item with the server's transcript of it, oldest first (read only)."""
+        return [(entry.item, entry.transcript) for entry in self._entries]
+
+    def replace(self, item: dict[str, Any]) -> str | None:
+        """An item the server made in its final state (a copy); return its predecessor."""
+        entry = self.entry(item["id"], "invalid_value", "finishing")
+        entry.item = copy.deepcopy(item)
+        return self.previous_id(entry.id)
 
     def finish(self, item: dict[str, Any], spoken: Spoken, heard: str | None) -> str | None:
         """A model's item in its final state (a copy: later truncations must not rewrite events already

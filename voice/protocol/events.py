@@ -140,3 +140,15 @@ class EventFactory:
 
     def text_done(self, ref: dict[str, Any], text: str) -> dict[str, Any]:
         return self._event("response.output_text.done", **ref, text=text)
+
+    def function_call_arguments_delta(self, ref: dict[str, Any], call_id: str, delta: str) -> dict[str, Any]:
+        return self._event("response.function_call_arguments.delta", **ref, call_id=call_id, delta=delta)
+
+    def function_call_arguments_done(
+        self, ref: dict[str, Any], call_id: str, name: str, arguments: str
+    ) -> dict[str, Any]:
+        """GA names the function here too; beta's event has no `name`."""
+        extra = {"name": name} if self.dialect is Dialect.GA else {}
+        return self._event(
+            "response.function_call_arguments.done", **ref, call_id=call_id, arguments=arguments, **extra
+        )

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import pydantic
 
-from . import client_events, limits, records, session_config, validation
-from .audio import SAMPLE_RATE, FrameAssembler, decode_pcm16, rms
+from . import client_events, limits, records, session_config, tools, validation
+from .audio import FRAME_MS, SAMPLE_RATE, FrameAssembler, decode_pcm16, rms
+from .companion import CompanionOutcome, CompanionRequest
 from .conversation import Conversation, client_item, user_audio_item
 from .dialect import Dialect
 from .effects import Effects, TranscriptionRequest
@@ -35,12 +36,22 @@ from .ids import new_id
 from .input_buffer import InputAudioBuffer
 from .limits import SessionLimits, TokenBucket
 from .records import TranscriptionOutcome
-from .responses import Response, ResponsePolicy, check_request, close_response, open_response, output_events
+from .responses import (
+    Response,
+    ResponsePolicy,
+    check_request,
+    close_response,
+    open_message,
+    open_response,
+    output_events,
+)
 from .turn_detection import TurnDetector
 
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
+# Transcriptions this session waits for at most (a result that never comes is forgotten).
+_MAX_TRANSCRIBING = 32
 
 # Settings that are accepted and reflected but that Moshi cannot act on; logged once per process.
 _IGNORED_SETTINGS: set[str] = set()
@@ -61,6 +72,12 @@ class SessionOptions:
     policy: ResponsePolicy = field(default_factory=ResponsePolicy)
     limits: SessionLimits = field(default_factory=SessionLimits)
     now: Callable[[], float] = time.monotonic  # the rate limit's clock
+    # A companion model is configured (COMPANION_BASE_URL): responses that need instructions or
+    # tools followed are answered through it (docs/protocol-mapping.md, "Tools through the companion").
+    companion: bool = False
+    # An ASR service is configured: with a companion, every committed turn is transcribed (the
+    # companion reads the user's words), also when the client did not ask for transcription.
+    transcribe: bool = True
 
 
 class RealtimeSession:
@@ -91,6 +108,13 @@ class RealtimeSession:
         self._speech_start_ms = 0
         self._answer_after_response = False
         self.input_audio = InputAudioBuffer()
+        # Committed turns sent to the ASR service and not back yet: item id -> whether the client
+        # asked for their transcription (False: asked for the companion only, no events).
+        self._transcribing: dict[str, bool] = {}
+        # The companion request this session has in flight (at most one), and the one held until it
+        # is back (at most one: a newer request replaces it, its response having been closed).
+        self._companion_in_flight: str | None = None
+        self._companion_held: CompanionRequest | None = None
         self._handlers: dict[str, Handler] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -160,11 +184,16 @@ class RealtimeSession:
         pcm: np.ndarray | None,
         speech: Sequence[float] = (),
         client_audio: bool = True,
+        *,
+        forced: bool = False,
+        forced_left: int = 0,
     ) -> Effects:
         """One 80 ms tick of the model: what it heard (VAD scores) and what it said.
 
         ``text`` is a text piece (None for padding) and ``pcm`` the model's audio (None before its
         first frame); ``speech`` scores each 32 ms window of the client's audio in this frame.
+        ``forced``: ``text`` is the next piece of text the session asked Moshi to say
+        (Effects.speak), and ``forced_left`` how many forced tokens are still to be said.
         Model output reaches the client only inside a response: one opened by `response.create`
         or by turn detection when the user stops speaking.
         """
@@ -172,17 +201,37 @@ class RealtimeSession:
         if client_audio:
             effects.extend(self._detect_turns(speech))
         response = self.response
-        if response is None or (pcm is None and text is None):
+        if response is None:
             return effects
-        active = text is not None or (pcm is not None and rms(pcm) > self.policy.activity_rms)
-        effects.events.extend(output_events(self.events, response, text, pcm))
-        if response.observe(active, self.policy) or response.over_time_limit(self.policy):
-            effects.extend(self._close_response("completed", None))
-        elif response.over_token_budget():
-            effects.extend(self._close_response("incomplete", "max_output_tokens"))
+        if response.phase in ("transcribing", "thinking"):
+            # The companion has not answered yet: nothing of Moshi's own goes out in this response.
+            effects.extend(self._wait_tick(response))
+        elif pcm is not None or text is not None:
+            effects.extend(self._output(response, text, pcm, forced, forced_left))
+        else:
+            return effects
         if self.response is None and self._answer_after_response:
             self._answer_after_response = False
             effects.extend(self._open_response({}))
+        return effects
+
+    def _output(
+        self, response: Response, text: str | None, pcm: np.ndarray | None, forced: bool, forced_left: int
+    ) -> Effects:
+        """One frame of output inside a response: its events, and the response's end when it comes."""
+        effects = Effects()
+        if response.phase == "speaking":
+            # Only the companion's words, as Moshi says them, make the transcript.
+            effects.events.extend(output_events(self.events, response, text if forced else None, pcm))
+            done = response.observe_forced(forced, forced_left, self.policy)
+        else:
+            active = text is not None or (pcm is not None and rms(pcm) > self.policy.activity_rms)
+            effects.events.extend(output_events(self.events, response, text, pcm))
+            done = response.observe(active, self.policy)
+        if done or response.over_time_limit(self.policy):
+            effects.extend(self._close_response("completed", None))
+        elif response.over_token_budget():
+            effects.extend(self._close_response("incomplete", "max_output_tokens"))
         return effects
 
     def _detect_turns(self, speech: Sequence[float]) -> Effects:
@@ -249,7 +298,10 @@ class RealtimeSession:
 
     def _log_ignored(self, update: dict[str, Any]) -> None:
         flat = json.dumps(update)
-        for name in ("voice", "speed", "tools", "tracing", "noise_reduction", "temperature", "instructions"):
+        names = ["voice", "speed", "tracing", "noise_reduction", "temperature"]
+        if not self.options.companion:  # with one, the companion follows them
+            names += ["tools", "instructions"]
+        for name in names:
             if f'"{name}"' in flat and name not in _IGNORED_SETTINGS:
                 _IGNORED_SETTINGS.add(name)
                 log.info("session setting %r is accepted and stored, but Moshi does not act on it", name)
@@ -295,7 +347,11 @@ class RealtimeSession:
         effects.events.extend(self.events.item_entered(item, previous))
         effects.records.append(self.conversation.record(item, audio_ms=audio.size * 1000 // SAMPLE_RATE))
         transcription = self.config["audio"]["input"]["transcription"]
-        if transcription is not None and audio.size:
+        # With a companion every turn is transcribed: it reads the user's words. The client hears of
+        # it only when it asked.
+        hidden = transcription is None and self.options.companion and self.options.transcribe
+        if (transcription is not None or hidden) and audio.size:
+            transcription = transcription or {}
             effects.transcriptions.append(
                 TranscriptionRequest(
                     item_id=item_id,
@@ -305,16 +361,31 @@ class RealtimeSession:
                     prompt=transcription.get("prompt"),
                 )
             )
+            self._transcribing[item_id] = not hidden
+            while len(self._transcribing) > _MAX_TRANSCRIBING:  # results that never came
+                del self._transcribing[next(iter(self._transcribing))]
         return effects
 
     def transcription_completed(self, result: TranscriptionOutcome) -> Effects:
-        """The ASR service's text for a user item: the event, the item's transcript, the record."""
+        """The ASR service's text for a user item: the event (when the client asked for it), the
+        item's transcript, the record; and a companion-driven response waiting for these words asks."""
+        asked = self.config["audio"]["input"]["transcription"] is not None
+        visible = self._transcribing.pop(result.item_id, asked)
+        effects = Effects(records=[result])
         if result.error is None:
-            event = self.events.transcription_completed(result.item_id, result.text, result.audio_seconds)
-            self.conversation.transcribed(result.item_id, result.text)
-        else:
-            event = self.events.transcription_failed(result.item_id, result.error_code, result.error)
-        return Effects(events=[event], records=[result])
+            self.conversation.transcribed(result.item_id, result.text, visible=visible)
+            if visible:
+                effects.events.append(
+                    self.events.transcription_completed(result.item_id, result.text, result.audio_seconds)
+                )
+        elif visible:
+            effects.events.append(self.events.transcription_failed(result.item_id, result.error_code, result.error))
+        response = self.response
+        if response is not None and response.phase == "transcribing":
+            response.awaiting.discard(result.item_id)
+            if not response.awaiting:
+                effects.extend(self._ask_companion(response))
+        return effects
 
     def _clear(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         self.input_audio.clear()
@@ -361,7 +432,7 @@ class RealtimeSession:
 
     def _response_create(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
         params = event.get("response") or {}
-        check_request(params, self.response, self.limits)
+        check_request(params, self.response, self.limits, companion=self.options.companion)
         return self._open_response(params)
 
     def _response_cancel(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
@@ -371,10 +442,141 @@ class RealtimeSession:
         return self._close_response("cancelled", "client_cancelled")
 
     def _open_response(self, params: dict[str, Any]) -> Effects:
-        self.response = Response.requested(params, self.config, self.dialect, self.conversation_id)
-        return open_response(self.events, self.conversation, self.response)
+        response = Response.requested(params, self.config, self.dialect, self.conversation_id)
+        self.response = response
+        if not self._companion_driven(params):
+            return open_response(self.events, self.conversation, response)
+        # Its output is known once the companion answers: for now, only `response.created`.
+        response.params = params
+        response.phase = "transcribing"
+        effects = Effects(events=[self.events.response_created(response.body("in_progress", None, []))])
+        response.awaiting = set(self._transcribing)  # the words of every turn sent to the ASR service
+        if not response.awaiting:
+            effects.extend(self._ask_companion(response))
+        return effects
 
-    def _close_response(self, status: str, reason: str | None) -> Effects:
+    def _close_response(self, status: str, reason: str | None, error: dict[str, Any] | None = None) -> Effects:
         response, self.response = self.response, None
         assert response is not None
-        return close_response(self.events, self.conversation, response, status, reason)
+        effects = close_response(self.events, self.conversation, response, status, reason, error)
+        if response.unsaid:
+            effects.hush = True  # what Moshi was still to say of it goes unsaid
+        held = self._companion_held
+        if held is not None and held.request_id == response.request_id:
+            self._companion_held = None  # never sent, no longer wanted
+        return effects
+
+    # --- the companion ------------------------------------------------------------------------
+
+    def _tools(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The function tools for a response: `response.create`'s own, else the session's."""
+        return tools.function_tools(params["tools"] if "tools" in params else self.config["tools"])
+
+    def _companion_driven(self, params: dict[str, Any]) -> bool:
+        """Whether the companion answers this response: there are tools to offer, instructions to
+        follow, or tool results to go on from. Otherwise Moshi answers on its own."""
+        if not self.options.companion:
+            return False
+        if self._tools(params) or params.get("instructions"):
+            return True
+        return "input" not in params and tools.answers_calls(self.conversation.items())
+
+    def _ask_companion(self, response: Response) -> Effects:
+        """The user's words are known (or given up on): send the companion the conversation so far."""
+        params = response.params
+        if "input" in params:  # a context of its own, items referenced by id taken from the conversation
+            history = [self._input_item(item) for item in params["input"] or []]
+        else:
+            history = self.conversation.history()
+        messages = [
+            tools.system_message(self.config["instructions"], params.get("instructions"), spoken=response.audio),
+            *tools.item_messages(history[-tools.MAX_HISTORY_ITEMS :]),
+        ]
+        offered = self._tools(params)
+        choice = params.get("tool_choice", self.config["tool_choice"])
+        if "instructions" in params or "input" in params:
+            purpose = "response.create"
+        elif tools.answers_calls(self.conversation.items()):
+            purpose = "tool_output"
+        else:
+            purpose = "turn"
+        request = CompanionRequest(
+            request_id=new_id("cmp"),
+            purpose=purpose,
+            messages=messages,
+            tools=offered,
+            tool_choice=tools.tool_choice(choice) if offered else None,
+            context={"response_id": response.id},
+        )
+        response.phase = "thinking"
+        response.request_id = request.request_id
+        response.waited_frames = 0
+        if self._companion_in_flight is None:
+            self._companion_in_flight = request.request_id
+            return Effects(companion=[request])
+        self._companion_held = request  # one is still out (for a closed response): this one goes next
+        return Effects()
+
+    def _input_item(self, item: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        if item.get("type") == "item_reference":
+            for known, transcript in self.conversation.history():
+                if known.get("id") == item.get("id"):
+                    return known, transcript
+            return {}, None
+        return item, None
+
+    def _wait_tick(self, response: Response) -> Effects:
+        """A frame while a companion-driven response waits: past its patience, it goes on without."""
+        response.waited_frames += 1
+        waited_ms = response.waited_frames * FRAME_MS
+        if response.phase == "transcribing" and waited_ms >= self.policy.transcript_wait_ms:
+            for item_id in response.awaiting:  # given up on: no later response waits for them either
+                self._transcribing.pop(item_id, None)
+            response.awaiting.clear()
+            return self._ask_companion(response)
+        if response.phase == "thinking" and waited_ms >= self.policy.companion_wait_ms:
+            self._companion_in_flight = None  # given up on: the next request goes out at once
+            return self._fail(response, "companion_timeout", "The companion model did not answer in time.")
+        return Effects()
+
+    def _fail(self, response: Response, code: str, message: str) -> Effects:
+        """The companion could not answer: an `error`, then the response fails."""
+        error = ProtocolError(code, message, type="server_error")
+        effects = Effects(events=[self.events.error(error, None)])
+        effects.extend(self._close_response("failed", None, {"type": "server_error", "code": code, "message": message}))
+        return effects
+
+    def companion_completed(self, outcome: CompanionOutcome) -> Effects:
+        """The companion's answer: tool calls become function_call items, text is what Moshi says
+        next in this response, an error fails it. Stored in any case; an answer for a response that
+        has closed meanwhile (cancelled, barged in on) goes no further."""
+        effects = Effects(records=[outcome])
+        if outcome.request_id == self._companion_in_flight:
+            self._companion_in_flight = None
+            held, self._companion_held = self._companion_held, None
+            if held is not None:
+                self._companion_in_flight = held.request_id
+                effects.companion.append(held)
+        response = self.response
+        if response is None or response.phase != "thinking" or response.request_id != outcome.request_id:
+            log.info("session %s: companion answer %s came for no open response", self.session_id, outcome.request_id)
+            return effects
+        response.companion_usage = outcome.usage
+        if outcome.error is not None:
+            effects.extend(self._fail(response, outcome.error_code or "companion_error", outcome.error))
+            return effects
+        response.pending_calls = outcome.tool_calls
+        text = outcome.text.strip()
+        if not text:  # only calls (or nothing at all): the response is complete
+            effects.extend(self._close_response("completed", None))
+            return effects
+        effects.extend(open_message(self.events, self.conversation, response))
+        if not response.audio:  # a text response: the companion's text is its text
+            response.text_tokens += 1
+            response.pieces.append((0, text))
+            effects.events.append(self.events.text_delta(response.ref, text))
+            effects.extend(self._close_response("completed", None))
+            return effects
+        response.phase = "speaking"
+        effects.speak.append(text)
+        return effects
