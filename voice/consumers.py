@@ -20,6 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from .asr import get_backend
 from .auth import presented_key
+from .companion import get_companion
 from .engine import DEFAULT_MODEL_TYPE
 from .engine.manager import get_manager
 from .protocol import Dialect
@@ -80,7 +81,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     def choose_front(self, headers: dict[str, str], subprotocols: list[str]) -> Front:
         """The Realtime protocol, in the dialect the client asked for (beta: OpenAI-Beta realtime=v1)."""
-        return RealtimeFront(Dialect.from_handshake(headers, subprotocols))
+        return RealtimeFront(
+            Dialect.from_handshake(headers, subprotocols),
+            companion=get_companion().enabled,
+            transcribe=get_backend().enabled,
+        )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.runtime is None:
@@ -162,7 +167,7 @@ class LiveConsumer(RealtimeConsumer):
     def choose_front(self, headers: dict[str, str], subprotocols: list[str]) -> Front:
         manager = get_manager()
         names = {name: kind for kind, name in manager.model_names().items()} if manager is not None else {}
-        return LiveFront(server_models=names, transcribe=get_backend().enabled)
+        return LiveFront(server_models=names, transcribe=get_backend().enabled, companion=get_companion().enabled)
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:  # type: ignore[override]
         """Live clients read the standard codes (1011 and 1013 ask them to reconnect): send those,

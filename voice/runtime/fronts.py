@@ -18,6 +18,7 @@ import numpy as np
 from ..live import LiveOptions, LiveSession
 from ..live.events import LiveEvents
 from ..protocol import Dialect, Effects, RealtimeSession, SessionOptions
+from ..protocol.companion import CompanionOutcome
 from ..protocol.errors import ProtocolError
 from ..protocol.events import EventFactory
 from ..protocol.limits import SessionLimits
@@ -42,9 +43,17 @@ class ProtocolSession(Protocol):
     def start(self) -> Effects: ...
     def receive(self, text: str | bytes) -> Effects: ...
     def model_output(
-        self, text: str | None, pcm: np.ndarray | None, speech: Sequence[float] = (), client_audio: bool = True
+        self,
+        text: str | None,
+        pcm: np.ndarray | None,
+        speech: Sequence[float] = (),
+        client_audio: bool = True,
+        *,
+        forced: bool = False,
+        forced_left: int = 0,
     ) -> Effects: ...
     def transcription_completed(self, outcome: TranscriptionOutcome) -> Effects: ...
+    def companion_completed(self, outcome: CompanionOutcome) -> Effects: ...
     def input_dropped(self, samples: int) -> None: ...
     def close(self) -> Effects: ...
 
@@ -81,6 +90,8 @@ class RealtimeFront:
 
     dialect: Dialect
     paced: bool = False  # a backlog is caught up at once: turns end on time after a stall
+    companion: bool = False  # a companion model is configured: tools and instructions go through it
+    transcribe: bool = False  # an ASR service is configured
 
     @property
     def storage_dialect(self) -> str:
@@ -95,6 +106,8 @@ class RealtimeFront:
             model_name=model_name,
             policy=_policy(config),
             limits=SessionLimits.from_config(config),
+            companion=self.companion,
+            transcribe=self.transcribe,
         )
         return RealtimeSession(options)
 
@@ -106,6 +119,7 @@ class LiveFront:
     # This server's own model names (the loaded checkpoints') -> model type; gpt-live-* map to sft.
     server_models: Mapping[str, str] = field(default_factory=dict)
     transcribe: bool = False  # an ASR service is configured: user segments become input transcripts
+    companion: bool = False  # a companion model is configured: delegation goes through it
     storage_dialect: str = "live"
     paced: bool = True  # one output frame per tick, whatever the client flushes
 
@@ -118,5 +132,6 @@ class LiveFront:
             max_duration_s=config["LIVE_MAX_DURATION_S"],
             policy=_policy(config),
             transcription_model=(config["ASR_MODEL"] or "whisper-1") if self.transcribe else None,
+            companion=self.companion,
         )
         return LiveSession(options)

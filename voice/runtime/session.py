@@ -28,12 +28,14 @@ from transcripts import services
 from .. import metrics
 from ..asr import get_backend
 from ..audio_recording import SessionAudioRecorder
+from ..companion import SessionCompanion, get_companion
 from ..console.publisher import SessionFacts, SessionPublisher
 from ..engine import DEFAULT_MODEL_TYPE
 from ..engine.manager import get_manager
 from ..engine.remote import EngineUnavailable, RemoteSlot
 from ..engine.slots import EngineFailure, FrameOutput, Slot
 from ..protocol import Effects
+from ..protocol.companion import CompanionOutcome
 from ..protocol.errors import ProtocolError
 from ..protocol.records import TranscriptionOutcome
 from ..recorder import SessionRecorder
@@ -110,6 +112,13 @@ class SessionRuntime:
             timeout=config["ASR_TIMEOUT_S"],
             retries=config["ASR_RETRIES"],
             max_pending=config["ASR_MAX_PENDING"],
+        )
+        self.companion = SessionCompanion(
+            get_companion(),
+            self._companion_answered,
+            timeout=config["COMPANION_TIMEOUT_S"],
+            retries=config["COMPANION_RETRIES"],
+            max_pending=config["COMPANION_MAX_PENDING"],
         )
         self.console: SessionPublisher | None = None
         if channel_layer is not None:
@@ -252,7 +261,9 @@ class SessionRuntime:
                 return
             await self._send_events([self.session.events.error(error, None)])
             return
-        effects = self.session.model_output(item.text, item.pcm, item.speech, item.client_audio)
+        effects = self.session.model_output(
+            item.text, item.pcm, item.speech, item.client_audio, forced=item.forced, forced_left=item.forced_left
+        )
         if self.audio_recorder is not None and item.client_audio and item.heard is not None:
             sent = any(event["type"].endswith("audio.delta") for event in effects.events)
             self.audio_recorder.add_frame(item.heard, item.pcm if sent else None)
@@ -270,11 +281,18 @@ class SessionRuntime:
             self.slot.dropped_outputs = 0
 
     async def _transcribed(self, outcome: TranscriptionOutcome) -> None:
-        """An ASR result, in commit order: tell the client (if still here) and store it."""
+        """An ASR result, in commit order: tell the client (if still here), act on it (a companion
+        may be waiting for the user's words) and store it."""
         async with self.boundary("transcription"):
             effects = self.session.transcription_completed(outcome)
-            if not self.closed:
-                await self._send_events(effects.events)
+            await self._apply(effects)
+            await self.recorder.add(effects.records)
+
+    async def _companion_answered(self, outcome: CompanionOutcome) -> None:
+        """The companion's answer (or failure), in request order: events, speech, the stored call."""
+        async with self.boundary("companion"):
+            effects = self.session.companion_completed(outcome)
+            await self._apply(effects)
             await self.recorder.add(effects.records)
 
     async def _end_when_idle(self) -> None:
@@ -338,10 +356,19 @@ class SessionRuntime:
                 type="server_error",
             )
             effects.events.append(self.session.events.error(error, effects.client_event_id))
+        if effects.hush:
+            self.slot.hush()
+        if not all([self.slot.speak(text) for text in effects.speak]):
+            error = ProtocolError(
+                "speech_queue_full", "Too many texts are waiting to be said; this one was dropped.", type="server_error"
+            )
+            effects.events.append(self.session.events.error(error, effects.client_event_id))
         self.slot.set_keep_running(self.session.wants_output)
         self.slot.set_detect_speech(self.session.wants_speech)
         for request in effects.transcriptions:
             self.transcriber.submit(request)
+        for call in effects.companion:
+            self.companion.submit(call)
         await self._send_events(effects.events)
         if effects.records:
             await self.recorder.add(effects.records)
@@ -457,6 +484,7 @@ class SessionRuntime:
             ("release the slot", self._release),
             ("leave the consoles", self._leave_consoles),
             ("store what is open", self._store_open),
+            ("stop the companion", self._stop_companion),
             ("finish transcriptions", self._finish_transcriptions),
             ("close the conversation", self._close_conversation),
             ("save recordings", self._save_recordings),
@@ -483,6 +511,10 @@ class SessionRuntime:
 
     async def _store_open(self) -> None:
         await self.recorder.add(self.session.close().records)
+
+    async def _stop_companion(self) -> None:
+        # Nobody is left to hear an answer: what is still asked of the companion is dropped.
+        self.companion.cancel()
 
     async def _finish_transcriptions(self) -> None:
         # A turn being transcribed is still stored, within the ASR service's own bounds.

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Variables that would change what the server does if they leaked in from the caller's shell.
-_SCRUBBED_PREFIXES = ("REALTIME_", "RESPONSE_", "ASR_", "MOSHI_", "DJANGO_")
+_SCRUBBED_PREFIXES = ("REALTIME_", "RESPONSE_", "ASR_", "COMPANION_", "MOSHI_", "DJANGO_")
 _SCRUBBED = (
     "DATABASE_URL",
     "REDIS_URL",
