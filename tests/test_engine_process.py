@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -117,6 +118,7 @@ async def running_engine(
         stop.set()
         await serving
         manager.stop()
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
 
 
 async def outputs(slot: RemoteSlot, count: int) -> list[FrameOutput]:

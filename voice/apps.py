@@ -108,6 +108,6 @@ def start_child_engine(socket_path: Path, start_timeout: float) -> None:
     from .engine.child import ChildEngine
 
     command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "run_engine"]
-    child = ChildEngine(command, socket_path, start_timeout)
+    child = ChildEngine(command, socket_path, start_timeout, private_dir=True)
     atexit.register(child.stop)
     child.start()

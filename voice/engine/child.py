@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -32,10 +33,14 @@ RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after each failed start i
 
 
 class ChildEngine:
-    def __init__(self, command: list[str], socket_path: Path, start_timeout: float) -> None:
-        """``command`` runs `manage.py run_engine`; --socket, --parent and --error-file are added."""
+    def __init__(
+        self, command: list[str], socket_path: Path, start_timeout: float, *, private_dir: bool = False
+    ) -> None:
+        """``command`` runs `manage.py run_engine`; --socket, --parent and --error-file are added.
+        ``private_dir``: the socket's folder is this engine's own, removed when it stops."""
         self.command = command
         self.socket_path = socket_path
+        self.private_dir = private_dir
         self.start_timeout = start_timeout
         self.error_file = Path(tempfile.mkstemp(prefix="engine-error-", suffix=".txt")[1])
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,6 +65,8 @@ class ChildEngine:
                 process.kill()
                 process.wait()
         self.error_file.unlink(missing_ok=True)
+        if self.private_dir:
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def _spawn(self) -> None:
         self.error_file.write_text("")
