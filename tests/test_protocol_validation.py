@@ -296,6 +296,29 @@ def test_null_event_id_previous_item_id_and_metadata_are_accepted(dialect: Diale
 
 
 @BOTH
+def test_response_create_parameters_sent_as_null_are_not_given(dialect: Dialect) -> None:
+    # LiveKit's event after every tool call (and for generate_reply without instructions): it
+    # builds response.create with the SDK's pydantic model, whose unset fields go out as null.
+    client = ProtocolClient(dialect)
+    event = {
+        "type": "response.create",
+        "event_id": "response_create_4f1a",
+        "response": {
+            "instructions": None,
+            "metadata": {"client_event_id": "response_create_4f1a"},
+            "tool_choice": "auto",
+        },
+    }
+    opened = client.send(event)
+    assert types(opened)[0] == "response.created"
+    assert opened.events[0]["response"]["metadata"] == {"client_event_id": "response_create_4f1a"}
+    client.send({"type": "response.cancel"})
+    # A required field stays required, and a null where the value matters is still refused.
+    error = error_of(client, {"type": "response.create", "response": {"tools": [{"type": "function", "name": None}]}})
+    assert (error["code"], error["param"]) == ("invalid_type", "response.tools[0].name")
+
+
+@BOTH
 def test_the_other_dialects_response_settings_are_accepted_and_checked(dialect: Dialect) -> None:
     modalities, tokens = (
         ("modalities", "max_response_output_tokens") if dialect is GA else ("output_modalities", "max_output_tokens")

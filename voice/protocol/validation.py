@@ -316,6 +316,7 @@ def _walk(validated: Any, data: Any, path: Path, template: str, dialect: Dialect
     """Refuse what the SDK models let through: undeclared keys, and null where null is not allowed."""
     if isinstance(validated, pydantic.BaseModel) and isinstance(data, dict):
         fields = type(validated).model_fields
+        not_given: list[str] = []
         for key, value in data.items():
             here = (*path, key)
             key_template = f"{template}.{key}" if template else key
@@ -327,10 +328,15 @@ def _walk(validated: Any, data: Any, path: Path, template: str, dialect: Dialect
                 raise ProtocolError("unknown_parameter", f"Unknown parameter: '{name}'.", param=name)
             if value is None:
                 annotation = fields[key].annotation
-                if key_template not in nullable(dialect) and not _free_form(annotation):
-                    raise invalid_type(here, _describe(annotation), None)
-                continue
+                if key_template in nullable(dialect) or _free_form(annotation):
+                    continue
+                if key_template in _NULL_IS_NOT_GIVEN and not fields[key].is_required():
+                    not_given.append(key)
+                    continue
+                raise invalid_type(here, _describe(annotation), None)
             _walk(getattr(validated, key), value, here, key_template, dialect, extras)
+        for key in not_given:
+            del data[key]
     elif isinstance(validated, list) and isinstance(data, list):
         for index, (element, raw) in enumerate(zip(validated, data, strict=False)):
             _walk(element, raw, (*path, index), f"{template}[]", dialect, extras)
@@ -395,6 +401,30 @@ _NULLABLE_EXTRA = {
     },
 }
 _CLIENT_PARAMS = {Dialect.GA: GAClientEventParam, Dialect.BETA: BetaClientEventParam}
+
+# response.create's parameters that a client may send as null to mean "not given": LiveKit builds
+# the event with the SDK's pydantic model and sends its unset fields as null (after every tool
+# call: `"instructions": null, "tool_choice": "auto"`), and OpenAI answers it. The key is dropped.
+_NULL_IS_NOT_GIVEN = frozenset(
+    f"response.{name}"
+    for name in (
+        "instructions",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "modalities",
+        "output_modalities",
+        "voice",
+        "audio",
+        "conversation",
+        "input",
+        "max_output_tokens",
+        "max_response_output_tokens",
+        "temperature",
+        "output_audio_format",
+        "prompt",
+    )
+)
 _NULLABLE: dict[Dialect, frozenset[str]] = {}
 
 

@@ -284,16 +284,12 @@ class SessionRuntime:
         """An ASR result, in commit order: tell the client (if still here), act on it (a companion
         may be waiting for the user's words) and store it."""
         async with self.boundary("transcription"):
-            effects = self.session.transcription_completed(outcome)
-            await self._apply(effects)
-            await self.recorder.add(effects.records)
+            await self._apply(self.session.transcription_completed(outcome))
 
     async def _companion_answered(self, outcome: CompanionOutcome) -> None:
         """The companion's answer (or failure), in request order: events, speech, the stored call."""
         async with self.boundary("companion"):
-            effects = self.session.companion_completed(outcome)
-            await self._apply(effects)
-            await self.recorder.add(effects.records)
+            await self._apply(self.session.companion_completed(outcome))
 
     async def _end_when_idle(self) -> None:
         """End a session whose client has sent nothing for REALTIME_IDLE_TIMEOUT_S, freeing its slot."""
@@ -342,8 +338,13 @@ class SessionRuntime:
     # --- sending --------------------------------------------------------------------------------
 
     async def _apply(self, effects: Effects) -> None:
-        """Act on what the protocol session decided: frames to the model, events out, records stored."""
+        """Act on what the protocol session decided: frames to the model, events out, records stored.
+
+        Once the session has ended only the records are stored (a transcription or a companion
+        answer that arrives during the teardown is still kept).
+        """
         if self.end_reason:
+            await self.recorder.add(effects.records)
             return
         dropped = sum(frame.size for frame in effects.frames if not self.slot.push(frame))
         if self.console is not None:
