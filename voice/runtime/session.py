@@ -31,8 +31,7 @@ from ..audio_recording import SessionAudioRecorder
 from ..companion import SessionCompanion, get_companion
 from ..console.publisher import SessionFacts, SessionPublisher
 from ..engine import DEFAULT_MODEL_TYPE
-from ..engine.manager import get_manager
-from ..engine.remote import EngineUnavailable, RemoteSlot
+from ..engine.remote import RemoteSlot
 from ..engine.slots import EngineFailure, FrameOutput, Slot
 from ..protocol import Effects
 from ..protocol.companion import CompanionOutcome
@@ -42,6 +41,7 @@ from ..recorder import SessionRecorder
 from ..transcriber import SessionTranscriber
 from .fronts import Front, ProtocolSession
 from .live import key_group, live_sessions
+from .model_link import ModelLink
 from .transport import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN, Transport
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,11 @@ class SessionRuntime:
     ) -> None:
         self.handshake = handshake
         self.api_key_id: int | None = api_key["id"] if api_key else None
-        self.slot = slot
+        self.model = ModelLink(slot, handshake.model_type)
         self.transport = transport
         self.layer = channel_layer
         self.channel_name = channel_name
         self.config = config
-        self.model_type = handshake.model_type
         self.session: ProtocolSession = handshake.front.new_session(model_name, config)
         self.recorder = SessionRecorder(
             session_id=self.session.session_id,
@@ -247,7 +246,7 @@ class SessionRuntime:
     async def _pump_model_output(self) -> None:
         """Turn each frame the model produced for this slot into events; one bad frame is one error."""
         while not self.end_reason:
-            item = await self.slot.outbox.get()
+            item = await self.model.next_output()
             async with self.boundary("model_output"):
                 await self._model_frame(item)
 
@@ -276,9 +275,7 @@ class SessionRuntime:
             metrics.FRAME_LATENCY_SECONDS.observe(latency)
         if self.console is not None:
             self.console.model_frame(item.pcm if self.session.wants_output else None, latency)
-        if self.slot.dropped_outputs:
-            metrics.DROPPED_OUTPUT_FRAMES.inc(self.slot.dropped_outputs)
-            self.slot.dropped_outputs = 0
+        self.model.count_dropped_outputs()
 
     async def _transcribed(self, outcome: TranscriptionOutcome) -> None:
         """An ASR result, in commit order: tell the client (if still here), act on it (a companion
@@ -346,26 +343,10 @@ class SessionRuntime:
         if self.end_reason:
             await self.recorder.add(effects.records)
             return
-        dropped = sum(frame.size for frame in effects.frames if not self.slot.push(frame))
+        errors = self.model.feed(effects, self.session)
         if self.console is not None:
             self.console.client_audio(effects.frames)
-        if dropped:
-            self.session.input_dropped(dropped)
-            error = ProtocolError(
-                "input_audio_buffer_overflow",
-                "Audio arrives faster than real time and the input queue is full; the excess was dropped.",
-                type="server_error",
-            )
-            effects.events.append(self.session.events.error(error, effects.client_event_id))
-        if effects.hush:
-            self.slot.hush()
-        if not all([self.slot.speak(text) for text in effects.speak]):
-            error = ProtocolError(
-                "speech_queue_full", "Too many texts are waiting to be said; this one was dropped.", type="server_error"
-            )
-            effects.events.append(self.session.events.error(error, effects.client_event_id))
-        self.slot.set_keep_running(self.session.wants_output)
-        self.slot.set_detect_speech(self.session.wants_speech)
+        effects.events.extend(self.session.events.error(error, effects.client_event_id) for error in errors)
         for request in effects.transcriptions:
             self.transcriber.submit(request)
         for call in effects.companion:
@@ -374,7 +355,7 @@ class SessionRuntime:
         if effects.records:
             await self.recorder.add(effects.records)
         wanted = self.session.model_type
-        if wanted is not None and wanted != self.model_type and not self.end_reason:
+        if wanted is not None and wanted != self.model.model_type and not self.end_reason:
             await self._switch_model(wanted)
         if self.session.close_code is not None and not self.end_reason:
             # The protocol ended the session itself (Live: session.closed was just sent).
@@ -384,27 +365,18 @@ class SessionRuntime:
     async def _switch_model(self, model_type: str) -> None:
         """The session chose another model type after connecting (Live's session.start names its
         model): move to a slot of that model, or end the session if none is free."""
-        manager = get_manager()
-        slot = None
-        if manager is not None and model_type in manager.model_names():
-            with contextlib.suppress(EngineUnavailable):
-                slot = await manager.open_slot(
-                    model_type, paced=self.slot.paced, detect_speech=self.session.wants_speech
-                )
-        if slot is None:
+        model_name = await self.model.switch(model_type, self.session)
+        if model_name is None:
             error = ProtocolError(
                 "server_busy", f"No slot of the '{model_type}' model is free; try again later.", type="server_error"
             )
             await self.end(END_SERVER_BUSY, error, close_code=CLOSE_TRY_AGAIN)
             return
-        old, self.slot, self.model_type = self.slot, slot, model_type
-        old.release()
         for task in self._tasks[:1]:  # the pump waits on the old slot's outbox
             task.cancel()
         self._tasks[:1] = [self._spawn(self._pump_model_output(), "model-output")]
-        self.slot.set_keep_running(self.session.wants_output)
         if self.console is not None:
-            self.console.update_facts(model_type=model_type, model_name=manager.model_name(model_type), slot=slot.index)
+            self.console.update_facts(model_type=model_type, model_name=model_name, slot=self.model.index)
 
     async def _send_events(self, events: list[dict[str, Any]]) -> None:
         if self.closed:
@@ -498,7 +470,7 @@ class SessionRuntime:
         metrics.SESSIONS_ENDED.labels(reason.split(":")[0]).inc()
 
     async def _release(self) -> None:
-        self.slot.release()
+        self.model.release()
         live_sessions.discard(self)
         if self._counted:
             self._counted = False
