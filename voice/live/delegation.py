@@ -21,13 +21,15 @@ A delegation that waits is acknowledged aloud ("One moment.") after `acknowledge
 unless commentary or thinking comes first. A failed companion call is `response.failed`
 (responses) or an `info` (client), never a wait.
 Nothing here does I/O: requests go out as Effects.companion, answers come back through
-`completed`.
+`completed`. This module is the state machine only (Delegator, with its Chain of Responses
+continuations): what the companion reads is built in companion_chat.py, and the nested Responses
+events in response_stream.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from voice.protocol.companion import CompanionOutcome, CompanionRequest, ToolCall
@@ -35,7 +37,9 @@ from voice.protocol.effects import Effects
 from voice.protocol.errors import ProtocolError
 from voice.protocol.ids import new_id
 
+from .companion_chat import CallGroup, History, companion_tool_choice, companion_tools, text_of
 from .events import LiveEvents
+from .response_stream import ResponseStream, response_usage
 
 DEFAULT_BACKEND_INSTRUCTIONS = "You are the backend of a voice assistant. Use the tools to serve the user's requests."
 SPOKEN = (
@@ -59,13 +63,9 @@ DELEGATE_TOOL: dict[str, Any] = {
         },
     },
 }
-NO_RESULT = "No result was returned."
 # Said by Moshi `acknowledgement_delay_ms` after a delegation is created (0, the default outside
 # Decisions: at once), unless commentary or thinking is appended first (SDK ClientDelegation).
 ACKNOWLEDGEMENT = "One moment."
-MAX_MESSAGES = 48  # conversation messages the companion reads (the oldest go first)
-MAX_CHARS = 24_000  # and their text, roughly
-MAX_NOTES = 32
 # A responses delegation waiting for tool outputs stops new turn delegations; a user turn this long
 # after its calls went out abandons it instead (a client that never answers must not stall it).
 ABANDON_MS = 60_000
@@ -78,344 +78,6 @@ CLIENT_NEEDS_ASR = (
     "Delegation is triggered by the end of a user turn, which needs input transcription, and no "
     "transcription service is configured: no delegation will be created."
 )
-
-
-def text_of(content: Any) -> str:
-    """The text of a message's or tool output's content: a string, or the text of its parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [part.get("text") for part in content if isinstance(part, dict)]
-        return "\n".join(t for t in texts if isinstance(t, str))
-    return ""
-
-
-def companion_tools(responses: dict[str, Any]) -> list[dict[str, Any]]:
-    """The function tools of a Responses delegation as chat-completions tools, filtered by an
-    `allowed_tools` tool_choice (hosted tools were refused at session.start)."""
-    allowed: set[str] | None = None
-    choice = responses.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
-    tools = []
-    for tool in responses.get("tools") or []:
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            continue
-        if allowed is not None and tool.get("name") not in allowed:
-            continue
-        function: dict[str, Any] = {"name": tool["name"]}
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        function["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
-        if tool.get("strict") is not None:
-            function["strict"] = tool["strict"]
-        tools.append({"type": "function", "function": function})
-    return tools
-
-
-def companion_tool_choice(responses: dict[str, Any]) -> str | dict[str, Any]:
-    choice = responses.get("tool_choice")
-    if isinstance(choice, str):
-        return choice
-    if isinstance(choice, dict):
-        if choice.get("type") == "function":
-            return {"type": "function", "function": {"name": choice.get("name")}}
-        if choice.get("type") == "allowed_tools":
-            return choice.get("mode") or "auto"
-    return "auto"
-
-
-def snapshot_tool_choice(responses: dict[str, Any]) -> str | dict[str, Any]:
-    """tool_choice as a Responses snapshot shows it (`allowed_tools` needs its mode there)."""
-    choice = responses.get("tool_choice")
-    if isinstance(choice, dict):
-        if choice.get("type") == "allowed_tools":
-            return {"type": "allowed_tools", "mode": choice.get("mode") or "auto", "tools": choice.get("tools") or []}
-        return dict(choice)
-    return choice if isinstance(choice, str) else "auto"
-
-
-def response_usage(usage: dict[str, int] | None) -> dict[str, Any] | None:
-    """The companion's chat-completions usage in a Responses `usage` object (None: not reported)."""
-    if not usage:
-        return None
-    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": int(usage.get("total_tokens", prompt + completion)),
-    }
-
-
-# --- the conversation as the companion reads it -------------------------------------------------
-
-
-@dataclass
-class CallGroup:
-    """One response's function calls and the outputs the client has given for them."""
-
-    calls: list[ToolCall]
-    outputs: dict[str, str] = field(default_factory=dict)
-
-    def messages(self) -> list[dict[str, Any]]:
-        """An assistant message with the calls, then one tool message per call (always all of them,
-        so the chat stays valid even when a delegation was abandoned)."""
-        assistant = {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in self.calls
-            ],
-        }
-        tools = [
-            {"role": "tool", "tool_call_id": c.call_id, "content": self.outputs.get(c.call_id, NO_RESULT)}
-            for c in self.calls
-        ]
-        return [assistant, *tools]
-
-
-class History:
-    """User turns, Moshi's speech, delegated replies and tool calls, in session-clock order, plus
-    notes (startup developer input, appended instructions and thinking) for the system message.
-
-    The user's words come back from the ASR after Moshi may already have answered, so Moshi's
-    words wait in `_speech` (with their start) and a user turn is placed before those that started
-    after the turn did.
-    """
-
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any] | CallGroup] = []
-        self.notes: list[str] = []
-        self._speech: list[tuple[int, str]] = []
-
-    def seed(self, items: list[dict[str, Any]]) -> None:
-        """The startup `input`: developer messages become notes, user and assistant messages turns."""
-        for item in items:
-            text = text_of(item.get("content"))
-            if not text:
-                continue
-            if item.get("role") == "developer":
-                self.note(text)
-            else:
-                self._add(item.get("role", "user"), text)
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        del self.notes[:-MAX_NOTES]
-
-    def speech(self, start_ms: int, text: str) -> None:
-        self._speech.append((start_ms, text))
-
-    def user(self, start_ms: int, text: str) -> None:
-        earlier = [t for s, t in self._speech if s < start_ms]
-        self._speech = [(s, t) for s, t in self._speech if s >= start_ms]
-        if earlier:
-            self._add("assistant", "".join(earlier).strip())
-        self._add("user", text.strip())
-
-    def assistant(self, text: str) -> None:
-        self._flush()
-        self._add("assistant", text.strip())
-
-    def calls(self, group: CallGroup) -> None:
-        self._flush()
-        self.entries.append(group)
-        self._trim()
-
-    def messages(self, system: str) -> list[dict[str, Any]]:
-        if self.notes:
-            system += "\n\nContext from the application:\n" + "\n".join(f"- {n}" for n in self.notes)
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        for entry in self.entries:
-            messages += entry.messages() if isinstance(entry, CallGroup) else [dict(entry)]
-        pending = "".join(t for _, t in self._speech).strip()
-        if pending:
-            messages.append({"role": "assistant", "content": pending})
-        return messages
-
-    def _flush(self) -> None:
-        pending = "".join(t for _, t in self._speech).strip()
-        self._speech.clear()
-        if pending:
-            self._add("assistant", pending)
-
-    def _add(self, role: str, text: str) -> None:
-        if not text:
-            return
-        last = self.entries[-1] if self.entries else None
-        if isinstance(last, dict) and last["role"] == role:  # chat templates want roles to alternate
-            last["content"] += "\n" + text
-        else:
-            self.entries.append({"role": role, "content": text})
-        self._trim()
-
-    def _trim(self) -> None:
-        def size(entry: dict[str, Any] | CallGroup) -> int:
-            if isinstance(entry, CallGroup):
-                return sum(len(c.arguments) for c in entry.calls) + sum(len(o) for o in entry.outputs.values())
-            return len(entry["content"] or "")
-
-        while len(self.entries) > 1 and (
-            len(self.entries) > MAX_MESSAGES or sum(size(e) for e in self.entries) > MAX_CHARS
-        ):
-            self.entries.pop(0)
-
-
-# --- the nested Responses stream ----------------------------------------------------------------
-
-
-class ResponseStream:
-    """One Responses response as nested `response.event`s: sequence numbers, snapshots, items."""
-
-    def __init__(
-        self,
-        events: LiveEvents,
-        responses: dict[str, Any],
-        delegation_id: str | None,
-        wall: Callable[[], float],
-    ) -> None:
-        self.events = events
-        self.id = new_id("resp")
-        self.delegation_id = delegation_id
-        self.model = str(responses.get("model") or "companion")
-        self.parallel_tool_calls = bool(responses.get("parallel_tool_calls", True))
-        self.tool_choice = snapshot_tool_choice(responses)
-        self.created_at = int(wall())
-        self.wall = wall
-        self.sequence = 0
-        self.output_index = 0
-
-    def _event(self, body: dict[str, Any], client_event_id: str | None = None) -> dict[str, Any]:
-        body["sequence_number"] = self.sequence
-        self.sequence += 1
-        return self.events.response_event(body, self.delegation_id, client_event_id)
-
-    def snapshot(self, status: str, **extra: Any) -> dict[str, Any]:
-        """Lifecycle snapshots leave out input and clear instructions, tools and output (§12)."""
-        response = {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "model": self.model,
-            "status": status,
-            "output": [],
-            "instructions": None,
-            "tools": [],
-            "tool_choice": self.tool_choice,
-            "parallel_tool_calls": self.parallel_tool_calls,
-        }
-        response.update(extra)
-        return response
-
-    def created(self, client_event_id: str | None = None) -> dict[str, Any]:
-        return self._event({"type": "response.created", "response": self.snapshot("in_progress")}, client_event_id)
-
-    def function_calls(self, calls: list[ToolCall]) -> list[dict[str, Any]]:
-        out = []
-        for call in calls:
-            index, item_id = self.output_index, new_id("fc")
-            self.output_index += 1
-            item = {"type": "function_call", "id": item_id, "call_id": call.call_id, "name": call.name}
-            out.append(
-                self._event(
-                    {
-                        "type": "response.output_item.added",
-                        "output_index": index,
-                        "item": {**item, "arguments": "", "status": "in_progress"},
-                    }
-                )
-            )
-            where = {"item_id": item_id, "output_index": index}
-            out.append(
-                self._event({"type": "response.function_call_arguments.delta", **where, "delta": call.arguments})
-            )
-            out.append(
-                self._event(
-                    {
-                        "type": "response.function_call_arguments.done",
-                        **where,
-                        "arguments": call.arguments,
-                    }
-                )
-            )
-            out.append(
-                self._event(
-                    {
-                        "type": "response.output_item.done",
-                        "output_index": index,
-                        "item": {**item, "arguments": call.arguments, "status": "completed"},
-                    }
-                )
-            )
-        return out
-
-    def message(self, text: str) -> list[dict[str, Any]]:
-        index, item_id = self.output_index, new_id("msg")
-        self.output_index += 1
-        where = {"item_id": item_id, "output_index": index, "content_index": 0}
-        empty = {"type": "output_text", "text": "", "annotations": []}
-        out = [
-            self._event(
-                {
-                    "type": "response.output_item.added",
-                    "output_index": index,
-                    "item": {
-                        "type": "message",
-                        "id": item_id,
-                        "role": "assistant",
-                        "status": "in_progress",
-                        "content": [],
-                    },
-                }
-            ),
-            self._event({"type": "response.content_part.added", **where, "part": empty}),
-        ]
-        words = text.split(" ")
-        for position, word in enumerate(words):
-            piece = word if position == 0 else " " + word
-            if piece:
-                out.append(self._event({"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}))
-        part = {**empty, "text": text}
-        out += [
-            self._event({"type": "response.output_text.done", **where, "text": text, "logprobs": []}),
-            self._event({"type": "response.content_part.done", **where, "part": part}),
-            self._event(
-                {
-                    "type": "response.output_item.done",
-                    "output_index": index,
-                    "item": {
-                        "type": "message",
-                        "id": item_id,
-                        "role": "assistant",
-                        "status": "completed",
-                        "content": [part],
-                    },
-                }
-            ),
-        ]
-        return out
-
-    def completed(self, usage: dict[str, Any] | None) -> dict[str, Any]:
-        extra: dict[str, Any] = {"completed_at": int(self.wall())}
-        if usage is not None:
-            extra["usage"] = usage
-        return self._event({"type": "response.completed", "response": self.snapshot("completed", **extra)})
-
-    def failed(self, outcome: CompanionOutcome) -> dict[str, Any]:
-        code = outcome.error_code or "companion_error"
-        error = {
-            # The Responses error codes are a closed set: the companion's own code goes in `type`.
-            "code": "rate_limit_exceeded" if code == "companion_busy" else "server_error",
-            "message": outcome.error or "The delegation backend failed.",
-            "type": code,
-        }
-        extra: dict[str, Any] = {"error": error}
-        if (usage := response_usage(outcome.usage)) is not None:
-            extra["usage"] = usage
-        return self._event({"type": "response.failed", "response": self.snapshot("failed", **extra)})
 
 
 # --- the delegations of one session -------------------------------------------------------------
