@@ -301,7 +301,7 @@ async def test_slots_are_taken_lowest_first_and_the_state_follows_the_live_count
         slots[11].push(speech_like(10, 1)[0])
         await asyncio.wait_for(slots[11].outbox.get(), TIMEOUT)
         assert engine.stats.rows == 8 and engine.stats.rows_stepped == 8, "4 live slots: back to 8 rows"
-        assert sorted(engine._rows.values()) == [0, 1, 2, 3], "the live rows are compacted"
+        assert sorted(engine.layout.rows.values()) == [0, 1, 2, 3], "the live rows are compacted"
     finally:
         engine.stop()
 

@@ -12,7 +12,7 @@ skipped for that slot alone.
 **A step costs what the live sessions cost.** ``set_exec_mask`` skips state updates, not compute,
 so a state as wide as ``batch_size`` (REALTIME_MAX_SESSIONS) would cost the whole batch however few
 sessions are live. So the state is only as wide as the live sessions need: its row count is the
-live count rounded up to ``resize_step`` rows (see ``rows_for``). When a new
+live count rounded up to ``resize_step`` rows (see rows.py, ``StreamingRows``). When a new
 session finds no free row, or the live count falls well below the width, the engine builds a
 streaming state of the new width (``streaming_forever`` on fresh states) and copies the live rows
 into it, compacted (state_rows.copy_rows): a slot's row moves, its state does not change, so its tokens
@@ -42,8 +42,8 @@ from moshi.utils.compile import no_compile
 
 from .checkpoint import LoadedModel
 from .forcing import ForcedSpeech, pieces_of
+from .rows import StreamingRows
 from .slots import FRAME_SAMPLES, EngineFailure, FrameOutput, Slot
-from .state_rows import check_resizable, copy_rows
 from .vad import SpeechDetector
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class EngineStats:
 class BatchedEngine:
     """The batched streaming state of one loaded model and the thread that steps it.
 
-    ``batch_size`` is the number of slots (sessions); the streaming state has ``rows_for(live)``
+    ``batch_size`` is the number of slots (sessions); the streaming state has ``layout.rows_for(live)``
     rows, a multiple of ``resize_step`` at most ``batch_size``. ``resize_step=None`` picks
     ``RESIZE_STEP`` on the CPU and a fixed full-width state (``batch_size``) on CUDA, as before:
 
@@ -153,10 +153,10 @@ class BatchedEngine:
             resize_step = batch_size
         self.resize_step = max(1, min(resize_step, batch_size))
         # Inference thread only (and warm-up before it starts): each live slot's row in the state.
-        self._rows: dict[int, int] = {}
-        self._width = 0
-        self._resize(self.rows_for(0), {})
-        self.stats.resizes = 0
+        self.layout = StreamingRows(
+            model, self.lm_gen, batch_size=batch_size, resize_step=self.resize_step, device=self.device
+        )
+        self.stats.rows = self.layout.width
         self._thread = threading.Thread(target=self._run, name=f"moshi-{model.name}", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -175,9 +175,9 @@ class BatchedEngine:
         """Run a few batched steps on silence before the first session (compiles kernels on GPU)."""
         started = time.perf_counter()
         with self._compile_context():
-            everyone = torch.ones(self._width, dtype=torch.bool)
+            everyone = torch.ones(self.layout.width, dtype=torch.bool)
             for _ in range(frames):
-                self._step_rows(torch.zeros(self._width, 1, FRAME_SAMPLES), everyone, everyone)
+                self._step_rows(torch.zeros(self.layout.width, 1, FRAME_SAMPLES), everyone, everyone)
             self.model.mimi.reset_streaming()
             self.lm_gen.reset_streaming()
             # Each slot's VAD is a TorchScript model whose first calls are slow (~50 ms): pay that
@@ -192,7 +192,7 @@ class BatchedEngine:
             "warm-up of %s (%d slots, %d rows) took %.1fs",
             self.model.name,
             self.batch_size,
-            self._width,
+            self.layout.width,
             time.perf_counter() - started,
         )
 
@@ -333,7 +333,8 @@ class BatchedEngine:
             self._pending_reset[:] = False
             live = {index for index, slot in enumerate(self.slots) if slot is not None}
         started = time.perf_counter()
-        self._arrange(live, resets)
+        self.layout.arrange(live, resets)
+        self.stats.rows, self.stats.resizes = self.layout.width, self.layout.resizes
         batch.prep_s = time.perf_counter() - started
         for index in resets:
             self._vads[index].reset()
@@ -346,86 +347,15 @@ class BatchedEngine:
                 self._speech[index].add(pieces_of(self.model.tokenizer, text))
         return batch
 
-    # --- rows: the streaming state as wide as the live slots need ------------------------------
-
-    def rows_for(self, live: int) -> int:
-        """The state's width for ``live`` slots: whole steps of ``resize_step`` rows, at least one.
-
-        It grows as soon as a slot finds no free row and shrinks only when half a step more would
-        still fit in a narrower state: with steps of 8 it grows to 16 rows at the 9th live slot and
-        back to 8 when 4 are left, so a session coming and going at a step's edge does not resize
-        it each time.
-        """
-        step = self.resize_step
-        return max(1, min(self.batch_size, max(step, -(-live // step) * step)))
-
-    def _arrange(self, live: set[int], resets: set[int]) -> None:
-        """Give each live slot a row: keep the rows of running slots, restart the new ones' rows.
-
-        Resizes the state when the live slots no longer fit, or would fit in a narrower one.
-        """
-        keep = {index: row for index, row in self._rows.items() if index in live and index not in resets}
-        newcomers = sorted(index for index in live if index not in keep)
-        count = len(keep) + len(newcomers)
-        if count > self._width or self.rows_for(count + self.resize_step // 2) < self._width:
-            self._resize(self.rows_for(count), keep)  # the new state's free rows are fresh
-            rows = dict(self._rows)
-            for index, row in zip(newcomers, range(len(rows), self._width), strict=False):
-                rows[index] = row
-            self._rows = rows
-            return
-        taken = set(keep.values())
-        free = (row for row in range(self._width) if row not in taken)
-        restart = torch.zeros(self._width, dtype=torch.bool)
-        for index in newcomers:
-            keep[index] = next(free)
-            restart[keep[index]] = True
-        self._rows = keep
-        if restart.any():
-            self.model.mimi.reset_streaming(restart.to(self.device))
-            self.lm_gen.reset_streaming(restart.to(self.device))
-
-    def _modules(self) -> tuple:
-        # LMGen's language model is streaming-detached: its state (the KV caches) is not part of
-        # LMGen's own and must be carried along with it.
-        return (self.model.mimi, self.lm_gen, self.model.lm)
-
-    def _resize(self, width: int, keep: dict[int, int]) -> None:
-        """Rebuild the streaming state ``width`` rows wide; ``keep``'s slots get rows 0.., in order."""
-        modules = self._modules()
-        old = [module.get_streaming_state() for module in modules] if self._width else None
-        if old is not None:
-            for module, states in zip(modules, old, strict=True):
-                module.set_streaming_state(dict.fromkeys(states))  # detached, not exited: kept in `old`
-        self.model.mimi.streaming_forever(width)
-        self.lm_gen.streaming_forever(width)  # enters the LM's streaming too
-        new = [module.get_streaming_state() for module in modules]
-        order = sorted(keep)
-        if old is not None and order:
-            source = torch.tensor([keep[index] for index in order], device=self.device)
-            target = torch.arange(len(order), device=self.device)
-            for old_states, new_states in zip(old, new, strict=True):
-                for name, state in new_states.items():
-                    copy_rows(old_states[name], state, source, target)
-        else:
-            for states in new:
-                for state in states.values():
-                    check_resizable(state)
-        self._rows = {index: row for row, index in enumerate(order)}
-        self._width = width
-        self.stats.rows = width
-        self.stats.resizes += 1
-        log.debug("%s: streaming state resized to %d rows (%d kept)", self.model.name, width, len(order))
-
     def _step(
         self, inputs: torch.Tensor, exec_mask: torch.Tensor, fresh_mask: torch.Tensor
     ) -> dict[int, tuple[str | None, np.ndarray, bool, int]]:
         """One batched step for the slots in ``exec_mask`` (all indexed by slot); their valid output."""
-        rows = torch.zeros(self._width, 1, FRAME_SAMPLES)
-        row_exec = torch.zeros(self._width, dtype=torch.bool)
-        row_fresh = torch.zeros(self._width, dtype=torch.bool)
+        rows = torch.zeros(self.layout.width, 1, FRAME_SAMPLES)
+        row_exec = torch.zeros(self.layout.width, dtype=torch.bool)
+        row_fresh = torch.zeros(self.layout.width, dtype=torch.bool)
         stepped = {}
-        for index, row in self._rows.items():
+        for index, row in self.layout.rows.items():
             if exec_mask[index]:
                 rows[row] = inputs[index]
                 row_exec[row] = True
