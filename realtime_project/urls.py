@@ -1,10 +1,10 @@
-"""HTTP routes: the admin for stored conversations, the staff console, health and metrics, and the
-Live API's HTTP resources (answered 501: the Live API is served over its WebSocket)."""
+"""HTTP routes: the admin for stored conversations, the staff console, the playground, health and
+metrics, and the Live API's HTTP resources (answered 501: the Live API is served over its WebSocket)."""
 
 from django.contrib import admin
 from django.urls import path
 
-from voice import live_http, views
+from voice import live_http, playground, views
 from voice.console import views as console_views
 
 urlpatterns = [
@@ -13,6 +13,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics_view, name="metrics"),
     path("console/", console_views.console, name="console"),
+    path("playground/", playground.playground, name="playground"),
     path("v1/live/sessions", live_http.sessions, name="live-sessions"),
     path("v1/live/sessions/<str:session_id>/<str:action>", live_http.session_action, name="live-session-action"),
     path("", views.index, name="index"),
