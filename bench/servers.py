@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.scraping import SERVER_PID_SAMPLE, Samples, http_get, parse_metrics, scrape_processes
-from voice.testing.live_server import REPO_ROOT, LiveServer
+from voice.testing.live_server import REPO_ROOT, LiveServer, migrate
 
 SUPERVISOR_CONF = REPO_ROOT / "deploy" / "supervisord.conf"
 
@@ -354,17 +354,7 @@ class SupervisorServer(_Measured, LiveServer):
             raise RuntimeError(f"{self.conf}: no port variable found in it ({self.env_names})")
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if migrate.returncode != 0:
-            raise RuntimeError(f"migrate failed ({migrate.returncode}):\n{migrate.stdout}\n{migrate.stderr}")
+        migrate(self.env, timeout)
         supervisord = Path(sys.executable).parent / "supervisord"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(

@@ -32,7 +32,7 @@ from django.core import checks
 from supervisor.options import ServerOptions
 
 from voice.environment import BY_ENV
-from voice.testing.live_server import REPO_ROOT, LiveServer
+from voice.testing.live_server import REPO_ROOT, LiveServer, migrate
 
 from .conftest import TIMEOUT
 from .e2e_support import Socket, ga_socket, query_db
@@ -224,16 +224,7 @@ class Supervised(LiveServer):
         )
 
     def start(self, timeout: float) -> None:
-        migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        migrate(self.env, timeout)
         # Started from elsewhere than the repository: the file says where the programs run.
         with self.log_path.open("ab") as log:  # append: the programs' /dev/stdout appends too
             self.process = subprocess.Popen(

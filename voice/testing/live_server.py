@@ -33,6 +33,21 @@ _SCRUBBED = (
 )
 
 
+def migrate(env: dict[str, str], timeout: float) -> None:
+    """`manage.py migrate` with the server's environment; RuntimeError with its output if it fails."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"migrate failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -77,17 +92,7 @@ class LiveServer:
 
     def start(self, timeout: float) -> None:
         """Migrate the database, start daphne and wait until /healthz says the model is ready."""
-        migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if migrate.returncode != 0:
-            raise RuntimeError(f"migrate failed ({migrate.returncode}):\n{migrate.stdout}\n{migrate.stderr}")
+        migrate(self.env, timeout)
         daphne = Path(sys.executable).parent / "daphne"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
