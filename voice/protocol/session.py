@@ -9,7 +9,8 @@ generic `server_error` (and a logged traceback), and the session goes on.
 Why it exists: it is the one place that decides *when* things happen (an event is accepted, a turn
 ends, a response opens or closes). What an item holds lives in conversation.py, what a response
 holds and what opening or closing one sends in responses.py, the checks in validation.py and
-limits.py.
+limits.py; the user's audio, turns and their transcription in user_turns.py, and the responses
+the companion model answers in companion_responses.py.
 """
 
 from __future__ import annotations
@@ -24,34 +25,23 @@ from typing import Any
 import numpy as np
 import pydantic
 
-from . import client_events, limits, records, session_config, tools, validation
-from .audio import FRAME_MS, SAMPLE_RATE, FrameAssembler, decode_pcm16, rms
-from .companion import CompanionOutcome, CompanionRequest
-from .conversation import Conversation, client_item, user_audio_item
+from . import client_events, limits, records, session_config, validation
+from .audio import rms
+from .companion import CompanionOutcome
+from .companion_responses import CompanionResponses
+from .conversation import Conversation, client_item
 from .dialect import Dialect
-from .effects import Effects, TranscriptionRequest
+from .effects import Effects
 from .errors import ProtocolError
 from .events import EventFactory
 from .ids import new_id
 from .input_buffer import InputAudioBuffer
 from .limits import SessionLimits, TokenBucket
 from .records import TranscriptionOutcome
-from .responses import (
-    Response,
-    ResponsePolicy,
-    check_request,
-    close_response,
-    open_message,
-    open_response,
-    output_events,
-)
-from .turn_detection import TurnDetector
+from .responses import Response, ResponsePolicy, check_request, close_response, open_response, output_events
+from .user_turns import UserTurns
 
 log = logging.getLogger(__name__)
-
-MIN_COMMIT_MS = 100
-# Transcriptions this session waits for at most (a result that never comes is forgotten).
-_MAX_TRANSCRIBING = 32
 
 # Settings that are accepted and reflected but that Moshi cannot act on; logged once per process.
 _IGNORED_SETTINGS: set[str] = set()
@@ -81,6 +71,8 @@ class SessionOptions:
 
 
 class RealtimeSession:
+    """One connection's protocol state: the coordinator of its conversation, user turns and responses."""
+
     def __init__(self, options: SessionOptions) -> None:
         self.options = options
         self.dialect = options.dialect
@@ -102,24 +94,23 @@ class RealtimeSession:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.model_type: str | None = None
-        self._frames = FrameAssembler()
-        self.turns = TurnDetector()
-        self._speech_item_id: str | None = None
-        self._speech_start_ms = 0
         self._answer_after_response = False
-        self.input_audio = InputAudioBuffer()
-        # Committed turns sent to the ASR service and not back yet: item id -> whether the client
-        # asked for their transcription (False: asked for the companion only, no events).
-        self._transcribing: dict[str, bool] = {}
-        # The companion request this session has in flight (at most one), and the one held until it
-        # is back (at most one: a newer request replaces it, its response having been closed).
-        self._companion_in_flight: str | None = None
-        self._companion_held: CompanionRequest | None = None
+        self.user_turns = UserTurns(
+            self.events, self.conversation, transcribe_all=options.companion and options.transcribe
+        )
+        self.companion_responses = CompanionResponses(
+            self.events,
+            self.conversation,
+            self.policy,
+            self.user_turns.transcriptions,
+            self._close_response,
+            enabled=options.companion,
+        )
         self._handlers: dict[str, Handler] = {
             "session.update": self._session_update,
-            "input_audio_buffer.append": self._append,
-            "input_audio_buffer.commit": self._commit,
-            "input_audio_buffer.clear": self._clear,
+            "input_audio_buffer.append": lambda event, model: self.user_turns.append(event["audio"]),
+            "input_audio_buffer.commit": lambda event, model: self.user_turns.commit(self.config),
+            "input_audio_buffer.clear": lambda event, model: self.user_turns.clear(),
             "conversation.item.create": self._item_create,
             "conversation.item.retrieve": self._item_retrieve,
             "conversation.item.truncate": self._item_truncate,
@@ -205,7 +196,7 @@ class RealtimeSession:
             return effects
         if response.phase in ("transcribing", "thinking"):
             # The companion has not answered yet: nothing of Moshi's own goes out in this response.
-            effects.extend(self._wait_tick(response))
+            effects.extend(self.companion_responses.tick(response, self.config))
         elif pcm is not None or text is not None:
             effects.extend(self._output(response, text, pcm, forced, forced_left))
         else:
@@ -238,21 +229,14 @@ class RealtimeSession:
         """Turn detection: speech_started (barging in on a response), speech_stopped, commit, respond."""
         effects = Effects()
         turn = session_config.turn_detection(self.config)
-        for event in self.turns.feed(speech, turn):
+        for event in self.user_turns.feed(speech, turn):
             assert turn is not None
             if event.kind == "started":
-                self._speech_item_id = new_id("item")
-                self._speech_start_ms = event.audio_ms
-                effects.events.append(self.events.speech_started(event.audio_ms, self._speech_item_id))
+                effects.extend(self.user_turns.speech_started(event.audio_ms))
                 if self.response is not None and turn.get("interrupt_response", True):
                     effects.extend(self._close_response("cancelled", "turn_detected"))
                 continue
-            item_id = self._speech_item_id or new_id("item")
-            self._speech_item_id = None
-            effects.events.append(self.events.speech_stopped(event.audio_ms, item_id))
-            effects.extend(
-                self._commit_user_audio(item_id, self.input_audio.take(self._speech_start_ms, event.audio_ms))
-            )
+            effects.extend(self.user_turns.speech_stopped(event.audio_ms, self.config))
             if turn.get("create_response", True):
                 if self.response is None:
                     effects.extend(self._open_response({}))
@@ -306,29 +290,12 @@ class RealtimeSession:
                 _IGNORED_SETTINGS.add(name)
                 log.info("session setting %r is accepted and stored, but Moshi does not act on it", name)
 
-    # --- input audio --------------------------------------------------------------------------
+    # --- user turns (user_turns.py) -----------------------------------------------------------
 
-    def _append(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
-        samples = decode_pcm16(event["audio"])
-        self.input_audio.append(samples)
-        return Effects(frames=self._frames.push(samples))
-
-    def _commit(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
-        buffered_ms = self.input_audio.buffered_samples * 1000 // SAMPLE_RATE
-        if buffered_ms < MIN_COMMIT_MS:
-            raise ProtocolError(
-                "input_audio_buffer_commit_empty",
-                "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, "
-                f"but buffer only has {buffered_ms:.2f}ms of audio.",
-            )
-        self._end_detected_speech()  # the client committed this speech itself
-        return self._commit_user_audio(new_id("item"), self.input_audio.take())
-
-    def _end_detected_speech(self) -> None:
-        """A manual commit or clear ends the speech turn detection was following, so that its stop
-        does not commit a second (empty) item later."""
-        self.turns.speaking = False
-        self._speech_item_id = None
+    @property
+    def input_audio(self) -> InputAudioBuffer:
+        """The client's audio kept for commits: owned by the user turns, still read here (tests)."""
+        return self.user_turns.input_audio
 
     @property
     def responding(self) -> bool:
@@ -337,61 +304,18 @@ class RealtimeSession:
 
     def input_dropped(self, samples: int) -> None:
         """Frames the model never got (input queue full): they leave the audio clock too."""
-        self.input_audio.forget_latest(samples)
-
-    def _commit_user_audio(self, item_id: str, audio: np.ndarray) -> Effects:
-        """A user turn becomes an item: committed, the item entering the conversation, transcription."""
-        item = user_audio_item(item_id)
-        previous = self.conversation.insert(item)  # the server's item: the oldest leaves when full
-        effects = Effects(events=[self.events.input_audio_buffer_committed(item_id, previous)])
-        effects.events.extend(self.events.item_entered(item, previous))
-        effects.records.append(self.conversation.record(item, audio_ms=audio.size * 1000 // SAMPLE_RATE))
-        transcription = self.config["audio"]["input"]["transcription"]
-        # With a companion every turn is transcribed: it reads the user's words. The client hears of
-        # it only when it asked.
-        hidden = transcription is None and self.options.companion and self.options.transcribe
-        if (transcription is not None or hidden) and audio.size:
-            transcription = transcription or {}
-            effects.transcriptions.append(
-                TranscriptionRequest(
-                    item_id=item_id,
-                    audio=audio,
-                    model=transcription.get("model") or "",
-                    language=transcription.get("language"),
-                    prompt=transcription.get("prompt"),
-                )
-            )
-            self._transcribing[item_id] = not hidden
-            while len(self._transcribing) > _MAX_TRANSCRIBING:  # results that never came
-                del self._transcribing[next(iter(self._transcribing))]
-        return effects
+        self.user_turns.input_dropped(samples)
 
     def transcription_completed(self, result: TranscriptionOutcome) -> Effects:
         """The ASR service's text for a user item: the event (when the client asked for it), the
         item's transcript, the record; and a companion-driven response waiting for these words asks."""
-        asked = self.config["audio"]["input"]["transcription"] is not None
-        visible = self._transcribing.pop(result.item_id, asked)
-        effects = Effects(records=[result])
-        if result.error is None:
-            self.conversation.transcribed(result.item_id, result.text, visible=visible)
-            if visible:
-                effects.events.append(
-                    self.events.transcription_completed(result.item_id, result.text, result.audio_seconds)
-                )
-        elif visible:
-            effects.events.append(self.events.transcription_failed(result.item_id, result.error_code, result.error))
+        effects = self.user_turns.transcribed(result, self.config)
         response = self.response
         if response is not None and response.phase == "transcribing":
             response.awaiting.discard(result.item_id)
             if not response.awaiting:
-                effects.extend(self._ask_companion(response))
+                effects.extend(self.companion_responses.ask(response, self.config))
         return effects
-
-    def _clear(self, event: dict[str, Any], model: pydantic.BaseModel | None) -> Effects:
-        self.input_audio.clear()
-        self.input_audio.forget_latest(self._frames.clear())
-        self._end_detected_speech()
-        return Effects(events=[self.events.input_audio_buffer_cleared()])
 
     # --- conversation items -------------------------------------------------------------------
 
@@ -444,16 +368,9 @@ class RealtimeSession:
     def _open_response(self, params: dict[str, Any]) -> Effects:
         response = Response.requested(params, self.config, self.dialect, self.conversation_id)
         self.response = response
-        if not self._companion_driven(params):
+        if not self.companion_responses.driven(params, self.config):
             return open_response(self.events, self.conversation, response)
-        # Its output is known once the companion answers: for now, only `response.created`.
-        response.params = params
-        response.phase = "transcribing"
-        effects = Effects(events=[self.events.response_created(response.body("in_progress", None, []))])
-        response.awaiting = set(self._transcribing)  # the words of every turn sent to the ASR service
-        if not response.awaiting:
-            effects.extend(self._ask_companion(response))
-        return effects
+        return self.companion_responses.open(response, params, self.config)
 
     def _close_response(self, status: str, reason: str | None, error: dict[str, Any] | None = None) -> Effects:
         response, self.response = self.response, None
@@ -461,122 +378,19 @@ class RealtimeSession:
         effects = close_response(self.events, self.conversation, response, status, reason, error)
         if response.unsaid:
             effects.hush = True  # what Moshi was still to say of it goes unsaid
-        held = self._companion_held
-        if held is not None and held.request_id == response.request_id:
-            self._companion_held = None  # never sent, no longer wanted
+        self.companion_responses.closed(response)
         return effects
 
-    # --- the companion ------------------------------------------------------------------------
-
-    def _tools(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """The function tools for a response: `response.create`'s own, else the session's."""
-        return tools.function_tools(params["tools"] if "tools" in params else self.config["tools"])
-
-    def _companion_driven(self, params: dict[str, Any]) -> bool:
-        """Whether the companion answers this response: there are tools to offer, instructions to
-        follow, or tool results to go on from. Otherwise Moshi answers on its own."""
-        if not self.options.companion:
-            return False
-        if self._tools(params) or params.get("instructions"):
-            return True
-        return "input" not in params and tools.answers_calls(self.conversation.items())
-
-    def _ask_companion(self, response: Response) -> Effects:
-        """The user's words are known (or given up on): send the companion the conversation so far."""
-        params = response.params
-        if "input" in params:  # a context of its own, items referenced by id taken from the conversation
-            history = [self._input_item(item) for item in params["input"] or []]
-        else:
-            history = self.conversation.history()
-        messages = [
-            tools.system_message(self.config["instructions"], params.get("instructions"), spoken=response.audio),
-            *tools.item_messages(history[-tools.MAX_HISTORY_ITEMS :]),
-        ]
-        offered = self._tools(params)
-        choice = params.get("tool_choice", self.config["tool_choice"])
-        if "instructions" in params or "input" in params:
-            purpose = "response.create"
-        elif tools.answers_calls(self.conversation.items()):
-            purpose = "tool_output"
-        else:
-            purpose = "turn"
-        request = CompanionRequest(
-            request_id=new_id("cmp"),
-            purpose=purpose,
-            messages=messages,
-            tools=offered,
-            tool_choice=tools.tool_choice(choice) if offered else None,
-            context={"response_id": response.id},
-        )
-        response.phase = "thinking"
-        response.request_id = request.request_id
-        response.waited_frames = 0
-        if self._companion_in_flight is None:
-            self._companion_in_flight = request.request_id
-            return Effects(companion=[request])
-        self._companion_held = request  # one is still out (for a closed response): this one goes next
-        return Effects()
-
-    def _input_item(self, item: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-        if item.get("type") == "item_reference":
-            for known, transcript in self.conversation.history():
-                if known.get("id") == item.get("id"):
-                    return known, transcript
-            return {}, None
-        return item, None
-
-    def _wait_tick(self, response: Response) -> Effects:
-        """A frame while a companion-driven response waits: past its patience, it goes on without."""
-        response.waited_frames += 1
-        waited_ms = response.waited_frames * FRAME_MS
-        if response.phase == "transcribing" and waited_ms >= self.policy.transcript_wait_ms:
-            for item_id in response.awaiting:  # given up on: no later response waits for them either
-                self._transcribing.pop(item_id, None)
-            response.awaiting.clear()
-            return self._ask_companion(response)
-        if response.phase == "thinking" and waited_ms >= self.policy.companion_wait_ms:
-            self._companion_in_flight = None  # given up on: the next request goes out at once
-            return self._fail(response, "companion_timeout", "The companion model did not answer in time.")
-        return Effects()
-
-    def _fail(self, response: Response, code: str, message: str) -> Effects:
-        """The companion could not answer: an `error`, then the response fails."""
-        error = ProtocolError(code, message, type="server_error")
-        effects = Effects(events=[self.events.error(error, None)])
-        effects.extend(self._close_response("failed", None, {"type": "server_error", "code": code, "message": message}))
-        return effects
+    # --- the companion (companion_responses.py) ------------------------------------------------
 
     def companion_completed(self, outcome: CompanionOutcome) -> Effects:
         """The companion's answer: tool calls become function_call items, text is what Moshi says
         next in this response, an error fails it. Stored in any case; an answer for a response that
         has closed meanwhile (cancelled, barged in on) goes no further."""
-        effects = Effects(records=[outcome])
-        if outcome.request_id == self._companion_in_flight:
-            self._companion_in_flight = None
-            held, self._companion_held = self._companion_held, None
-            if held is not None:
-                self._companion_in_flight = held.request_id
-                effects.companion.append(held)
+        effects = self.companion_responses.returned(outcome)
         response = self.response
         if response is None or response.phase != "thinking" or response.request_id != outcome.request_id:
             log.info("session %s: companion answer %s came for no open response", self.session_id, outcome.request_id)
             return effects
-        response.companion_usage = outcome.usage
-        if outcome.error is not None:
-            effects.extend(self._fail(response, outcome.error_code or "companion_error", outcome.error))
-            return effects
-        response.pending_calls = outcome.tool_calls
-        text = outcome.text.strip()
-        if not text:  # only calls (or nothing at all): the response is complete
-            effects.extend(self._close_response("completed", None))
-            return effects
-        effects.extend(open_message(self.events, self.conversation, response))
-        if not response.audio:  # a text response: the companion's text is its text
-            response.text_tokens += 1
-            response.pieces.append((0, text))
-            effects.events.append(self.events.text_delta(response.ref, text))
-            effects.extend(self._close_response("completed", None))
-            return effects
-        response.phase = "speaking"
-        effects.speak.append(text)
+        effects.extend(self.companion_responses.answered(response, outcome))
         return effects
