@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.scraping import SERVER_PID_SAMPLE, Samples, http_get, parse_metrics, scrape_processes
-from voice.testing.live_server import REPO_ROOT, LiveServer, migrate
+from voice.testing.live_server import REPO_ROOT, LiveServer
 
 SUPERVISOR_CONF = REPO_ROOT / "deploy" / "supervisord.conf"
 
@@ -347,6 +347,13 @@ class SupervisorServer(_Measured, LiveServer):
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', os.defpath)}"
         self.ready_info, self.startup_s, self.exit_code, self.leftovers, self._seen = {}, 0.0, None, [], {}
 
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "supervisord"), "-n", "-c", str(self.conf)]
+
+    def ready(self) -> bool:
+        self.remember_tree()
+        return self._every_worker_healthy()
+
     def start(self, timeout: float) -> None:
         if not self.conf.exists():
             raise RuntimeError(f"{self.conf} does not exist (yet): worker counts above 1 need it")
@@ -354,29 +361,7 @@ class SupervisorServer(_Measured, LiveServer):
             raise RuntimeError(f"{self.conf}: no port variable found in it ({self.env_names})")
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        migrate(self.env, timeout)
-        supervisord = Path(sys.executable).parent / "supervisord"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(supervisord), "-n", "-c", str(self.conf)],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            self.remember_tree()
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"supervisord exited with {self.process.returncode} before ready:\n{self.log()}")
-            if self._every_worker_healthy():
-                break
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"supervisord's server was not ready within {timeout:.0f}s:\n{self.log()}")
-            time.sleep(0.2)
+        LiveServer.start(self, timeout)
         info = self.ready_info
         self._ready(started)
         self.ready_info = self.ready_info if self.ready_info.get("ready") else info

@@ -16,7 +16,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from django.core import checks
 from supervisor.options import ServerOptions
 
 from voice.environment import BY_ENV
-from voice.testing.live_server import REPO_ROOT, LiveServer, migrate
+from voice.testing.live_server import REPO_ROOT, LiveServer
 
 from .conftest import TIMEOUT
 from .e2e_support import Socket, ga_socket, query_db
@@ -222,26 +221,16 @@ class Supervised(LiveServer):
                 "PATH": f"{VENV_BIN}{os.pathsep}{self.env.get('PATH', '/usr/bin:/bin')}",
             }
         )
+        self.cwd = workdir  # started from elsewhere than the repository: the file says where programs run
+        self._healthy_in_a_row = 0
 
-    def start(self, timeout: float) -> None:
-        migrate(self.env, timeout)
-        # Started from elsewhere than the repository: the file says where the programs run.
-        with self.log_path.open("ab") as log:  # append: the programs' /dev/stdout appends too
-            self.process = subprocess.Popen(
-                [str(VENV_BIN / "supervisord"), "-n", "-c", str(CONF)],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        healthy_in_a_row = 0
-        while healthy_in_a_row < 10:  # a few answers, from whichever workers take them
-            assert self.process.poll() is None, f"supervisord exited with {self.process.returncode}:\n{self.log()}"
-            assert time.monotonic() < deadline, f"not ready within {timeout:.0f}s:\n{self.log()}"
-            healthy_in_a_row = healthy_in_a_row + 1 if self._healthy() else 0
-            time.sleep(0.1)  # polling /healthz, bounded by the deadline above
+    def command(self) -> list[str]:
+        return [str(VENV_BIN / "supervisord"), "-n", "-c", str(CONF)]
+
+    def ready(self) -> bool:
+        """A few answers in a row, from whichever workers take them."""
+        self._healthy_in_a_row = self._healthy_in_a_row + 1 if self._healthy() else 0
+        return self._healthy_in_a_row >= 10
 
     def programs(self) -> dict[int, str]:
         assert self.process is not None

@@ -62,6 +62,7 @@ class LiveServer:
         self.db_path = workdir / "e2e.sqlite3"
         self.log_path = log_path or workdir / "daphne.log"
         self.port = free_port()
+        self.cwd = REPO_ROOT  # where the server process starts
         self.env = {
             key: value
             for key, value in os.environ.items()
@@ -90,29 +91,39 @@ class LiveServer:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float) -> None:
-        """Migrate the database, start daphne and wait until /healthz says the model is ready."""
-        migrate(self.env, timeout)
+    def command(self) -> list[str]:
+        """What serves: one daphne here; a launcher of another layout (supervisord) overrides it."""
         daphne = Path(sys.executable).parent / "daphne"
-        with self.log_path.open("wb") as log:
+        return [str(daphne), "-b", "127.0.0.1", "-p", str(self.port), "realtime_project.asgi:application"]
+
+    def ready(self) -> bool:
+        """Whether the server answers: /healthz says the model is ready."""
+        return self._healthy()
+
+    def start(self, timeout: float) -> None:
+        """Migrate the database, start the server and wait until ``ready()``."""
+        migrate(self.env, timeout)
+        with self.log_path.open("ab") as log:  # append: a supervisor's programs append to it too
             self.process = subprocess.Popen(
-                [str(daphne), "-b", "127.0.0.1", "-p", str(self.port), "realtime_project.asgi:application"],
-                cwd=REPO_ROOT,
+                self.command(),
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout
+        name = Path(self.command()[0]).name
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.process.returncode} before it was ready:\n{self.log()}")
-            if self._healthy():
+                self.stop()
+                raise RuntimeError(f"{name} exited with {self.process.returncode} before it was ready:\n{self.log()}")
+            if self.ready():
                 return
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"daphne was not ready within {timeout:.0f}s:\n{self.log()}")
-            time.sleep(0.1)  # polling /healthz, bounded by the deadline above
+                raise RuntimeError(f"{name} was not ready within {timeout:.0f}s:\n{self.log()}")
+            time.sleep(0.1)  # polling, bounded by the deadline above
 
     def _healthy(self) -> bool:
         try:
