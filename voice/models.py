@@ -60,3 +60,45 @@ class ApiKey(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+CLIENT_SECRET_PREFIX = "ek_"  # what OpenAI's ephemeral keys start with; @openai/agents-realtime checks it
+
+
+class ClientSecretQuerySet(models.QuerySet):
+    def usable(self) -> ClientSecretQuerySet:
+        """Not expired, minted from a key that is still active."""
+        return self.filter(expires_at__gt=timezone.now(), api_key__revoked_at__isnull=True)
+
+
+class ClientSecret(models.Model):
+    """An ephemeral key for a browser (`POST /v1/realtime/client_secrets`): it opens WebRTC calls
+    (`POST /v1/realtime/calls`) until it expires, as the API key it was minted from, and nothing else.
+
+    Only its hash is stored; the session configuration given at mint time is applied to each call.
+    """
+
+    # None only on an open endpoint (REALTIME_OPEN_ENDPOINT), where a call needs no key anyway.
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="client_secrets")
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    session = models.JSONField(default=dict, blank=True)
+
+    objects = ClientSecretQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "client secret"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"client secret of {self.api_key_id} until {self.expires_at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def mint(cls, *, api_key_id: int | None, session: dict, expires_at: object) -> tuple[ClientSecret, str]:
+        """Create one; the plain value is returned once and never stored."""
+        value = CLIENT_SECRET_PREFIX + secrets.token_urlsafe(32)
+        secret = cls.objects.create(
+            api_key_id=api_key_id, secret_hash=hash_key(value), expires_at=expires_at, session=session
+        )
+        return secret, value

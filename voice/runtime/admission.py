@@ -22,11 +22,18 @@ from .transport import CLOSE_AUTH, CLOSE_POLICY, CLOSE_SERVER_ERROR, CLOSE_TRY_A
 
 
 async def open_session(
-    handshake: Handshake, transport: Transport, channel_layer: Any, channel_name: str
+    handshake: Handshake,
+    transport: Transport,
+    channel_layer: Any,
+    channel_name: str,
+    *,
+    authenticated: dict[str, Any] | None = None,
 ) -> SessionRuntime | None:
     """Admit the session (key, capacity, model type) and start it; None when it was refused.
 
-    A refusal is an `error` event and a close, before any session state exists.
+    A refusal is an `error` event and a close, before any session state exists. ``authenticated``
+    is an API key the front end has already checked (a WebRTC call's ephemeral client secret stands
+    for the key it was minted from, voice/webrtc/secrets.py); otherwise the handshake's key is.
     """
 
     async def refuse(code: str, message: str, close_code: int, error_type: str, param: str | None = None) -> None:
@@ -37,7 +44,7 @@ async def open_session(
 
     loop_monitor.watch_running_loop()
     live_sessions.hook_server_shutdown()
-    api_key = await authenticate(handshake.presented_key)
+    api_key = authenticated if authenticated is not None else await authenticate(handshake.presented_key)
     if api_key is None and not open_endpoint():
         # The same answer for a missing, wrong or revoked key.
         await refuse("invalid_api_key", "Incorrect or missing API key.", CLOSE_AUTH, "invalid_request_error")
