@@ -167,15 +167,27 @@
     return parts.join(" ");
   }
 
+  const MERGE_WITHIN = 8; // rows
+  const recentRows = new Map(); // "direction type" -> the latest row of a streamed event type
+
+  function rowsSince(row) {
+    let count = 0;
+    for (let next = row.nextElementSibling; next && count < MERGE_WITHIN; next = next.nextElementSibling) count++;
+    return count;
+  }
+
   function logEvent(direction, event) {
     const log = $("event-log");
     log.dataset.count = String(Number(log.dataset.count || 0) + (direction === "received" ? 1 : 0));
     const type = String(event.type || "?");
-    const last = log.lastElementChild;
-    // Audio deltas and appends come a dozen a second: consecutive ones share a row with a count.
-    if (last && last.dataset.type === type && last.dataset.direction === direction && /audio\.(delta|append)$/.test(type)) {
-      last.dataset.repeat = String(Number(last.dataset.repeat) + 1);
-      last.querySelector(".repeat").textContent = `×${last.dataset.repeat}`;
+    // Audio and transcript deltas and audio appends come a dozen a second each: one that follows
+    // its kind within the last few rows adds to that row's count (and updates its detail) instead.
+    const streamed = /\.(delta|append)$/.test(type);
+    const previous = streamed ? recentRows.get(`${direction} ${type}`) : null;
+    if (previous && previous.isConnected && rowsSince(previous) < MERGE_WITHIN) {
+      previous.dataset.repeat = String(Number(previous.dataset.repeat) + 1);
+      previous.querySelector(".repeat").textContent = `×${previous.dataset.repeat}`;
+      previous.querySelector(".detail").textContent = summary(event);
       return;
     }
     const row = document.createElement("li");
@@ -198,6 +210,7 @@
     detail.className = "detail";
     detail.textContent = summary(event);
     row.append(time, arrow, name, repeat, detail);
+    if (streamed) recentRows.set(`${direction} ${type}`, row);
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;
     log.appendChild(row);
     while (log.childElementCount > MAX_LOG) log.firstElementChild.remove();
