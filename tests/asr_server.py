@@ -10,13 +10,13 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import io
-import json
-import sys
 import threading
 import time
 import wave
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .local_http import LocalHTTPServer, QuietHandler
 
 
 @dataclass
@@ -55,13 +55,10 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], by
 
 
 def make_handler(state: FakeASR) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.rstrip("/") != "/v1/audio/transcriptions":
-                self._answer(404, {"error": {"message": "not found"}})
+                self.send_json(404, {"error": {"message": "not found"}})
                 return
             body = self.rfile.read(int(self.headers["Content-Length"]))
             fields, audio, filename = _parse_multipart(self.headers["Content-Type"], body)
@@ -76,51 +73,20 @@ def make_handler(state: FakeASR) -> type[BaseHTTPRequestHandler]:
             text = f"segment {index} of {received.wav_frames} samples"
             time.sleep(max(state.delays.get(index, 0.0), 5.0 if model == "slow" else 0.0))
             if model == "fail":
-                self._answer(500, {"error": {"message": "the ASR service broke", "type": "server_error"}})
+                self.send_json(500, {"error": {"message": "the ASR service broke", "type": "server_error"}})
             elif model == "garbage":
-                self._raw(200, b"<html>not json</html>", "application/json")
+                self.send_body(200, b"<html>not json</html>", "application/json")
             elif model == "flaky" and index <= state.flaky_failures:
-                self._answer(500, {"error": {"message": "try again", "type": "server_error"}})
+                self.send_json(500, {"error": {"message": "try again", "type": "server_error"}})
             else:
-                self._answer(200, {"text": text})
-
-        def _answer(self, status: int, payload: dict) -> None:
-            self._raw(status, json.dumps(payload).encode(), "application/json")
-
-        def _raw(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                self.send_json(200, {"text": text})
 
     return Handler
 
 
-class _QuietServer(ThreadingHTTPServer):
-    """A client that gave up on a slow answer (the transcriber's timeout, which the tests provoke)
-    closes its socket; writing the late answer then fails, which is the expected end of it."""
+class ASRServer(LocalHTTPServer):
+    """The fake transcription service, on a free port of 127.0.0.1; a context manager."""
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
-
-
-class ASRServer:
     def __init__(self) -> None:
         self.state = FakeASR()
-        self.httpd = _QuietServer(("127.0.0.1", 0), make_handler(self.state))
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> ASRServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(make_handler(self.state))

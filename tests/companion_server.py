@@ -28,15 +28,16 @@ Other tests use it through the fixtures below (import them into the test module)
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from .local_http import LocalHTTPServer, QuietHandler
 
 MODEL = "fake-companion"
 
@@ -65,7 +66,7 @@ class Reply:
     stream_error: bool = False
 
 
-class CompanionServer:
+class CompanionServer(LocalHTTPServer):
     """The server, on a free port of 127.0.0.1, served by a thread; a context manager."""
 
     def __init__(self) -> None:
@@ -78,13 +79,7 @@ class CompanionServer:
         self.max_concurrent = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        super().__init__(_make_handler(self))
 
     @property
     def requests(self) -> int:
@@ -109,14 +104,9 @@ class CompanionServer:
             return self.respond(body)
         return self.default
 
-    def __enter__(self) -> CompanionServer:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__exit__(*exc)
 
 
 @pytest.fixture
@@ -211,13 +201,10 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: 
 
 
 def _make_handler(server: CompanionServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.rstrip("/") != "/v1/chat/completions":
-                self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+                self.send_json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
                 return
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
             with server.lock:
@@ -237,10 +224,10 @@ def _make_handler(server: CompanionServer) -> type[BaseHTTPRequestHandler]:
                 return
             if reply.status != 200:
                 error = {"message": reply.error_message, "type": _ERROR_TYPES.get(reply.status, "server_error")}
-                self._json(reply.status, {"error": error})
+                self.send_json(reply.status, {"error": error})
                 return
             if not body.get("stream"):
-                self._json(200, _completion(reply))
+                self.send_json(200, _completion(reply))
                 return
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             self.send_response(200)
@@ -260,21 +247,4 @@ def _make_handler(server: CompanionServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 
-        def _json(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
     return Handler
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """A client that gave up on a slow answer (the companion's timeout, which the tests provoke)
-    closes its socket; writing the late answer then fails, which is the expected end of it."""
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]

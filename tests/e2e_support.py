@@ -9,7 +9,8 @@ checked as clients rely on it (docs/protocol-mapping.md, "One spoken turn, in or
 server's SQLite database read back. Written once here, the test modules hold only their tests and
 their own data, and a change to how a client waits or validates reaches both.
 
-A test module takes the server with ``server = live_server_fixture(label, env)`` and imports
+A test module takes the server with ``server = live_server_fixture(label, env)`` (``env`` a dict,
+or a function of the fixture's request where it depends on other fixtures) and imports
 ``server_alive`` (autouse) so that each test first checks that daphne still runs.
 """
 
@@ -71,13 +72,19 @@ NAMES = {
 # --- the server ---------------------------------------------------------------------------------
 
 
-def live_server_fixture(label: str, env: dict[str, str]) -> Callable[..., Any]:
+def live_server_fixture(
+    label: str, env: dict[str, str] | Callable[[pytest.FixtureRequest], dict[str, str]]
+) -> Callable[..., Any]:
     """A module-scoped ``server`` fixture: daphne with ``env`` in a fresh folder named ``label``,
-    stopped after the module; its log is printed when one of the module's tests failed."""
+    stopped after the module; its log is printed when one of the module's tests failed.
+
+    ``env`` is the environment, or a function of the fixture's request that returns it: one whose
+    values come from other module-scoped fixtures (``request.getfixturevalue``), such as the
+    address of a local fake service, which then outlives the server."""
 
     @pytest.fixture(scope="module", name="server")
     def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-        live = LiveServer(tmp_path_factory.mktemp(label), env)
+        live = LiveServer(tmp_path_factory.mktemp(label), env(request) if callable(env) else env)
         failed_before = request.session.testsfailed
         try:
             live.start(timeout=STARTUP_TIMEOUT)

@@ -13,12 +13,14 @@ from typing import Any
 
 import pydantic
 from openai.types.live.server_event import ServerEvent
+from openai.types.responses import ResponseStreamEvent
 
 MODELS: dict[str, type[pydantic.BaseModel]] = {
     typing.get_args(m.model_fields["type"].annotation)[0]: m for m in typing.get_args(typing.get_args(ServerEvent)[0])
 }
 SIDEBAND_ONLY = {"session.input_audio.append"} | {t for t in MODELS if t.startswith("transport.")}
 ADAPTER: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ServerEvent)
+RESPONSE_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
 
 
 def strict_live(event: dict[str, Any]) -> pydantic.BaseModel:
@@ -36,6 +38,19 @@ def strict_live(event: dict[str, Any]) -> pydantic.BaseModel:
         raise AssertionError(f"{kind} does not validate: {exc}") from None
     _no_extras(parsed, kind)
     return parsed
+
+
+def strict_live_nested(event: dict[str, Any]) -> None:
+    """``strict_live``, and the Responses streaming event a ``response.event`` carries (delegation)
+    validated against the SDK's ``ResponseStreamEvent``, with no undeclared keys either."""
+    strict_live(event)
+    if event["type"] == "response.event":
+        nested = event["event"]
+        try:
+            parsed = RESPONSE_EVENT.validate_python(nested)
+        except pydantic.ValidationError as exc:
+            raise AssertionError(f"nested {nested.get('type')} does not validate: {exc}") from None
+        _no_extras(parsed, str(nested.get("type")))
 
 
 def _no_extras(value: Any, path: str) -> None:

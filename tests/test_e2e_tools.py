@@ -25,10 +25,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pydantic
 import pytest
 from openai import AsyncOpenAI
-from openai.types.responses import ResponseStreamEvent
 
 from voice.protocol import Dialect
 from voice.protocol.tools import SPEECH_NOTE
@@ -41,12 +39,11 @@ from .conftest import TIMEOUT
 from .e2e_support import (
     NAMES,
     SPEECH,
-    STARTUP_TIMEOUT,
     TRAILING_SILENCE,
     Session,
-    _print_uncaptured,
     check_sequence,
     ended_conversation,
+    live_server_fixture,
     query_db,
     receive_while_streaming,
     sdk_session,
@@ -56,20 +53,11 @@ from .e2e_support import (
 )
 from .e2e_support import server_alive as server_alive  # autouse: each test first checks that daphne runs
 from .helpers import read_pcm16
-from .strict_live import _no_extras, strict_live
+from .strict_live import strict_live_nested
+from .tools_data import CHAT_WEATHER, FUNCTION_CALL_STREAM, WEATHER, text_reply_stream
 
 COMPANION_TIMEOUT_S = 3  # the server's COMPANION_TIMEOUT_S: a slower answer is a companion_timeout
 INSTRUCTIONS = "You are the weather desk. Use get_weather for forecasts."
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
-CHAT_WEATHER = {
-    "type": "function",
-    "function": {"name": "get_weather", "description": "The weather in a city.", "parameters": WEATHER["parameters"]},
-}
 ARGUMENTS = json.dumps({"city": "Paris"})
 CALL_ID = "call_fake0"  # the id tests/companion_server.py gives its first tool call
 TOOL_RESULT = json.dumps({"forecast": "sunny", "celsius": 24})
@@ -95,13 +83,11 @@ def asr() -> Iterator[ASRServer]:
         yield fake
 
 
-@pytest.fixture(scope="module", name="server")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, companion: CompanionServer, asr: ASRServer
-) -> Iterator[LiveServer]:
-    """daphne with a companion (retries off, a short timeout) and an ASR service, both local fakes;
-    its log is printed when one of the module's tests failed."""
-    env = {
+def server_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """daphne's env: a companion (retries off, a short timeout) and an ASR service, both local fakes."""
+    companion: CompanionServer = request.getfixturevalue("companion")
+    asr: ASRServer = request.getfixturevalue("asr")
+    return {
         **companion.settings(COMPANION_TIMEOUT_S=str(COMPANION_TIMEOUT_S), COMPANION_RETRIES="0"),
         "ASR_BASE_URL": asr.base_url,
         "ASR_API_KEY": "e2e-key",
@@ -110,18 +96,9 @@ def server(
         "RESPONSE_MAX_MS": "15000",
         "LOG_LEVEL": "INFO",
     }
-    live = LiveServer(tmp_path_factory.mktemp("e2e-tools"), env)
-    failed_before = request.session.testsfailed
-    try:
-        live.start(timeout=STARTUP_TIMEOUT)
-        yield live
-    finally:
-        live.stop()
-        if request.session.testsfailed > failed_before:
-            _print_uncaptured(
-                request,
-                f"\n===== daphne log ({live.log_path}) =====\n{live.log()}\n===== end of daphne log =====",
-            )
+
+
+server = live_server_fixture("e2e-tools", server_env)
 
 
 def weather_desk(body: dict[str, Any]) -> Reply:
@@ -533,7 +510,6 @@ async def test_realtime_companion_failures_fail_the_response_and_the_session_goe
 
 # --- Live API -----------------------------------------------------------------------------------
 
-RESPONSE_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
 LIVE_WEATHER = {**WEATHER, "strict": True}
 BACKEND_INSTRUCTIONS = "You are the weather backend."
 RESPONSES = {
@@ -557,14 +533,7 @@ class LiveClient:
         except TimeoutError:
             raise AssertionError(self.explain(f"no event within {timeout:.0f}s")) from None
         event = json.loads(raw)
-        strict_live(event)
-        if event["type"] == "response.event":
-            nested = event["event"]
-            try:
-                parsed = RESPONSE_EVENT.validate_python(nested)
-            except pydantic.ValidationError as exc:
-                raise AssertionError(f"nested {nested.get('type')} does not validate: {exc}") from None
-            _no_extras(parsed, str(nested.get("type")))
+        strict_live_nested(event)
         self.events.append(event)
         return event
 
@@ -673,14 +642,7 @@ async def test_live_delegation_calls_a_function_then_the_result_is_spoken(
             assert delegation["target"] == "responses" and delegation["response_id"].startswith("resp_")
             assert 0 < created["offset_ms"] <= len(speech) // 48 + 2000, created
             first = live.nested(at)
-            assert nested_types(first) == [
-                "response.created",
-                "response.output_item.added",
-                "response.function_call_arguments.delta",
-                "response.function_call_arguments.done",
-                "response.output_item.done",
-                "response.completed",
-            ], live.explain("the delegated function call")
+            assert nested_types(first) == FUNCTION_CALL_STREAM, live.explain("the delegated function call")
             assert all(w["delegation_id"] == delegation["id"] for w in first)
             assert [w["event"]["sequence_number"] for w in first] == list(range(6))
             opened, added, delta, arguments_done, item_done, _ = (w["event"] for w in first)
@@ -720,16 +682,7 @@ async def test_live_delegation_calls_a_function_then_the_result_is_spoken(
             second = live.nested(reply_at)
             kinds = nested_types(second)
             words = kinds.count("response.output_text.delta")
-            assert kinds == [
-                "response.created",
-                "response.output_item.added",
-                "response.content_part.added",
-                *["response.output_text.delta"] * words,
-                "response.output_text.done",
-                "response.content_part.done",
-                "response.output_item.done",
-                "response.completed",
-            ], live.explain("the delegated reply")
+            assert kinds == ["response.created", *text_reply_stream(words)], live.explain("the delegated reply")
             assert all(w["delegation_id"] == delegation["id"] for w in second)
             text = "".join(w["event"]["delta"] for w in second if w["event"]["type"] == "response.output_text.delta")
             assert text == ANSWER

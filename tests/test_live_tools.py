@@ -12,29 +12,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from openai.types.responses import ResponseStreamEvent
 
 from voice.live import LiveOptions, LiveSession
 from voice.protocol.companion import CompanionOutcome, CompanionRequest, ToolCall
 from voice.protocol.effects import Effects
 from voice.protocol.records import TranscriptionOutcome
 
-from .strict_live import _no_extras, strict_live
+from .strict_live import strict_live_nested
 from .test_fuzz import to_text
 from .test_live_fuzz import EVENTS, FUZZ, mutated
 from .test_live_protocol import HUM, LOUD, error_of, pcm16, types
+from .tools_data import CHAT_GET_TIME, FUNCTION_CALL_STREAM, GET_TIME, text_reply_stream
 
-RESPONSE_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
-GET_TIME = {
-    "type": "function",
-    "name": "get_time",
-    "description": "The current time in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 RESPONSES = {
     "type": "responses",
     "responses": {"model": "gpt-5.6-luna", "instructions": "You tell the time.", "tools": [GET_TIME]},
@@ -44,14 +36,7 @@ USAGE = {"prompt_tokens": 120, "completion_tokens": 14, "total_tokens": 134}
 
 def checked(effects: Effects) -> Effects:
     for event in effects.events:
-        strict_live(event)
-        if event["type"] == "response.event":
-            nested = event["event"]
-            try:
-                parsed = RESPONSE_EVENT.validate_python(nested)
-            except pydantic.ValidationError as exc:
-                raise AssertionError(f"{nested.get('type')} does not validate: {exc}") from None
-            _no_extras(parsed, str(nested.get("type")))
+        strict_live_nested(event)
     return effects
 
 
@@ -135,16 +120,7 @@ def test_a_turn_asks_the_companion_with_the_backend_settings() -> None:
         {"role": "assistant", "content": "Hi"},
         {"role": "user", "content": "What time is it in Paris?"},
     ]
-    assert request.tools == [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_time",
-                "description": "The current time in a city.",
-                "parameters": GET_TIME["parameters"],
-            },
-        }
-    ]
+    assert request.tools == [CHAT_GET_TIME]
 
 
 def test_tool_calls_become_a_delegation_and_a_function_call_stream() -> None:
@@ -156,14 +132,7 @@ def test_tool_calls_become_a_delegation_and_a_function_call_stream() -> None:
     assert isinstance(created["offset_ms"], int) and 0 < created["offset_ms"] <= live.now_ms
     assert all(e["delegation_id"] == delegation["id"] for e in effects.events if e["type"] == "response.event")
     stream = nested(effects)
-    assert [e["type"] for e in stream] == [
-        "response.created",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert [e["type"] for e in stream] == FUNCTION_CALL_STREAM
     assert [e["sequence_number"] for e in stream] == list(range(6))
     assert stream[0]["response"]["id"] == delegation["response_id"]
     assert stream[0]["response"]["status"] == "in_progress" and stream[0]["response"]["output"] == []
@@ -201,15 +170,7 @@ def test_tool_outputs_then_response_create_continue_and_the_reply_is_spoken() ->
 
     reply = checked(live.companion_completed(answer(request, text="It is five past two in Paris.")))
     stream = nested(reply)
-    assert [e["type"] for e in stream] == [
-        "response.output_item.added",
-        "response.content_part.added",
-        *["response.output_text.delta"] * 7,
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert [e["type"] for e in stream] == text_reply_stream(7)
     assert all(e["delegation_id"] == delegation_id for e in reply.events)
     assert {e["response"]["id"] for e in stream if "response" in e} == {response_id}
     assert "".join(e["delta"] for e in stream if e["type"] == "response.output_text.delta") == (

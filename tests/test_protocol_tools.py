@@ -36,21 +36,8 @@ from .protocol_client import (
     types,
     wire,
 )
+from .tools_data import CHAT_WEATHER, WEATHER
 
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
-CHAT_WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": WEATHER["parameters"],
-    },
-}
 ARGUMENTS = json.dumps({"city": "Paris", "unit": "celsius", "detail": "a long enough value to need two deltas"})
 USAGE = {"prompt_tokens": 120, "completion_tokens": 14, "total_tokens": 134}
 
@@ -99,6 +86,13 @@ class CompanionClient(ProtocolClient):
             error_code="asr_error" if error else None,
         )
         return self._checked(self.session.transcription_completed(outcome))
+
+    def heard_turn(self, text: str, error: str | None = None) -> Effects:
+        """With the weather tool, the user speaks and the ASR hears ``text`` (or fails with
+        ``error``): what the transcript brings."""
+        self.with_tools()
+        user_item, _ = self.spoken_turn()
+        return self.transcribed(user_item, text, error)
 
     def answer(
         self,
@@ -308,9 +302,7 @@ def test_visible_transcription_is_sent_and_the_companion_asked(dialect: Dialect)
 @BOTH
 def test_a_failed_transcription_asks_with_the_turn_marked_inaudible(dialect: Dialect) -> None:
     client = CompanionClient(dialect)
-    client.with_tools()
-    user_item, _ = client.spoken_turn()
-    heard = client.transcribed(user_item, "", error="ASR down")
+    heard = client.heard_turn("", error="ASR down")
     assert heard.events == []  # not asked for: not told of its failure either
     assert heard.companion[0].messages[-1] == {"role": "user", "content": INAUDIBLE}
 
@@ -491,9 +483,7 @@ def test_a_new_request_waits_for_the_one_still_out(dialect: Dialect) -> None:
 @BOTH
 def test_barge_in_while_moshi_says_the_answer_hushes_the_rest(dialect: Dialect) -> None:
     client = CompanionClient(dialect)
-    client.with_tools()
-    user_item, _ = client.spoken_turn()
-    client.transcribed(user_item, "Tell me a story")
+    client.heard_turn("Tell me a story")
     client.answer(text="Once upon a time there was a cat.")
     client.forced("Once", 7)
     client.forced(" upon", 6)
@@ -510,9 +500,7 @@ def test_barge_in_while_moshi_says_the_answer_hushes_the_rest(dialect: Dialect) 
 @BOTH
 def test_barge_in_while_the_companion_thinks_cancels_without_output(dialect: Dialect) -> None:
     client = CompanionClient(dialect)
-    client.with_tools()
-    user_item, _ = client.spoken_turn()
-    client.transcribed(user_item, "Hello")
+    client.heard_turn("Hello")
     interrupted = client.user_turn(pause=())
     done = by_type(interrupted, "response.done")[0]["response"]
     assert (done["status"], done["output"]) == ("cancelled", [])
@@ -647,24 +635,29 @@ def test_without_a_companion_tool_choice_required_is_still_refused_and_tools_cha
 # --- out of band, the tool results' turn ----------------------------------------------------------
 
 
-def test_an_out_of_band_response_reads_its_own_input() -> None:
-    client = CompanionClient()
+def out_of_band_summary(client: CompanionClient, **response: Any) -> CompanionRequest:
+    """Two user messages ("msg_order", then another), then an out-of-band response.create
+    (conversation "none") that asks to summarise the order, with ``response``'s fields too; the
+    companion request it makes."""
     client.user_text("I want a margherita.", item_id="msg_order")
     client.user_text("And a cola.")
     created = client.send(
         {
             "type": "response.create",
-            "response": {
-                "conversation": "none",
-                "instructions": "Summarise the order.",
-                "output_modalities": ["text"],
-                "input": [
-                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Two, please."}]}
-                ],
-            },
+            "response": {"conversation": "none", "instructions": "Summarise the order.", **response},
         }
     )
     [request] = created.companion
+    return request
+
+
+def test_an_out_of_band_response_reads_its_own_input() -> None:
+    client = CompanionClient()
+    request = out_of_band_summary(
+        client,
+        output_modalities=["text"],
+        input=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Two, please."}]}],
+    )
     assert request.messages[1:] == [{"role": "user", "content": "Two, please."}]  # not the conversation
     answered = client.answer(request, text="One margherita.")
     assert "conversation.item.added" not in types(answered)
@@ -735,9 +728,7 @@ def test_item_messages_pair_tool_results_with_their_calls() -> None:
 @BOTH
 def test_hidden_transcripts_reach_the_records(dialect: Dialect) -> None:
     client = CompanionClient(dialect)
-    client.with_tools()
-    user_item, _ = client.spoken_turn()
-    heard = client.transcribed(user_item, "Stored anyway")
+    heard = client.heard_turn("Stored anyway")
     [record] = heard.records
     assert isinstance(record, TranscriptionOutcome) and record.text == "Stored anyway"
     assert not any(isinstance(r, ItemStored) for r in heard.records)
@@ -745,19 +736,8 @@ def test_hidden_transcripts_reach_the_records(dialect: Dialect) -> None:
 
 def test_a_beta_out_of_band_response_reads_referenced_items() -> None:
     client = CompanionClient(Dialect.BETA)
-    client.user_text("I want a margherita.", item_id="msg_order")
-    client.user_text("And a cola.")
-    created = client.send(
-        {
-            "type": "response.create",
-            "response": {
-                "conversation": "none",
-                "instructions": "Summarise the order.",
-                "input": [{"type": "item_reference", "id": "msg_order"}, {"type": "item_reference", "id": "gone"}],
-            },
-        }
-    )
-    [request] = created.companion
+    references = [{"type": "item_reference", "id": "msg_order"}, {"type": "item_reference", "id": "gone"}]
+    request = out_of_band_summary(client, input=references)
     assert request.messages[1:] == [{"role": "user", "content": "I want a margherita."}]
 
 
