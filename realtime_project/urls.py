@@ -16,6 +16,7 @@ urlpatterns = [
     path("console/", console_views.console, name="console"),
     path("playground/", playground.playground, name="playground"),
     path("v1/realtime/calls", webrtc_views.calls, name="realtime-calls"),
+    path("v1/realtime/calls/<str:call_id>/hangup", webrtc_views.hangup, name="realtime-call-hangup"),
     path("v1/realtime/client_secrets", webrtc_views.client_secrets, name="realtime-client-secrets"),
     path("v1/live/sessions", live_http.sessions, name="live-sessions"),
     path("v1/live/sessions/<str:session_id>/<str:action>", live_http.session_action, name="live-session-action"),

@@ -77,6 +77,10 @@ class Response:
         return json.loads(self.text)
 
 
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 async def post(url: str, data: Any, headers: dict[str, str]) -> Response:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
         async with http.post(url, data=data, headers=headers) as got:
@@ -297,12 +301,45 @@ async def test_the_multipart_form_with_a_real_key_applies_its_session(server: Li
         )
         assert response.status_code == 201, response.text
         assert response.headers["Content-Type"] == "application/sdp"
+        call.call_id = response.headers["Location"].split("/")[-1]
         await call.pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
         created = await call.next_event()
         assert created["type"] == "session.created" and created["session"]["instructions"] == "multipart"
+        # The SDK's interrupt(): response.cancel, then output_audio_buffer.clear cuts off the voice.
+        await asyncio.wait_for(call.opened.wait(), TIMEOUT)
+        call.send({"type": "response.create"})
+        started = await call.until("output_audio_buffer.started", 2 * TIMEOUT)
+        call.send({"type": "response.cancel"})
+        call.send({"type": "output_audio_buffer.clear"})
+        cleared = await call.until("output_audio_buffer.cleared")
+        assert cleared["response_id"] == started["response_id"]
+        # The server side hangs up (realtime.calls.hangup): the call ends, the slot is freed.
+        response = await post(
+            f"{server.http_url}/v1/realtime/calls/{call.call_id}/hangup", data=b"", headers=auth(api_key)
+        )
+        assert response.status_code == 200, response.text
+        conversation = await ended_conversation(server, created["session"]["id"])
+        assert conversation["end_reason"] == "hangup"
     finally:
         await call.close()
     await wait_for_free_slot(server)
+
+
+async def test_a_page_on_an_allowed_origin_may_post_and_read_the_call_id(server: LiveServer) -> None:
+    """CORS: the preflight of a browser page served from an allowed host, and a foreign one."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        async with http.options(
+            f"{server.http_url}/v1/realtime/calls", headers={"Origin": "http://localhost:5173", **preflight}
+        ) as allowed:
+            assert allowed.status == 204
+            assert allowed.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+            assert "Location" in allowed.headers["Access-Control-Expose-Headers"]
+            assert "Authorization" in allowed.headers["Access-Control-Allow-Headers"]
+        async with http.options(
+            f"{server.http_url}/v1/realtime/calls", headers={"Origin": "https://evil.example", **preflight}
+        ) as foreign:
+            assert foreign.status == 403 and "Access-Control-Allow-Origin" not in foreign.headers
 
 
 async def test_keys_are_refused_where_they_do_not_belong(server: LiveServer, api_key: str) -> None:

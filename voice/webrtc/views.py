@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlparse
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from channels.layers import get_channel_layer
@@ -21,7 +24,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..asr import get_backend
-from ..auth import authenticate, open_endpoint, presented_key
+from ..auth import RealtimeOriginValidator, allowed_hosts, authenticate, open_endpoint, presented_key
 from ..companion import get_companion
 from ..conf import get_config
 from ..engine import DEFAULT_MODEL_TYPE
@@ -32,6 +35,7 @@ from ..runtime.fronts import RealtimeFront
 from ..runtime.session import Handshake
 from . import secrets
 from .call import WebRTCCall
+from .call import calls as live_calls
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,36 @@ REFUSAL_STATUS = {
     "server_shutting_down": 503,
     "invalid_model": 400,
 }
+
+
+def _browser_origin_allowed(origin: str) -> bool:
+    """The WebSocket's rule (voice/auth.py): ALLOWED_HOSTS or REALTIME_ALLOWED_ORIGINS."""
+    allowed = allowed_hosts() + list(get_config()["ALLOWED_ORIGINS"])
+    return RealtimeOriginValidator(None, allowed).valid_origin(urlparse(origin))
+
+
+def cors(view: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> Callable[[HttpRequest], Awaitable[HttpResponse]]:
+    """CORS for a browser page on another allowed origin: its preflight (the SDK sends Authorization
+    and an SDP content type) is answered, and the answer's Location is readable (the call id)."""
+
+    @functools.wraps(view)
+    async def wrapped(request: HttpRequest) -> HttpResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and _browser_origin_allowed(origin)
+        if request.method == "OPTIONS":
+            response = HttpResponse(status=204 if allowed else 403)
+        else:
+            response = await view(request)
+        if allowed:
+            response["Access-Control-Allow-Origin"] = origin
+            response["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+            response["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-OpenAI-Agents-SDK, OpenAI-Beta"
+            response["Access-Control-Expose-Headers"] = "Location"
+            response["Access-Control-Max-Age"] = "600"
+            response["Vary"] = "Origin"
+        return response
+
+    return wrapped
 
 
 def _error(
@@ -100,6 +134,7 @@ def check_session(session: Any) -> tuple[dict[str, Any] | None, JsonResponse | N
 
 
 @csrf_exempt
+@cors
 async def client_secrets(request: HttpRequest) -> HttpResponse:
     """Mint an ephemeral key for a browser: `{session?, expires_after?}` -> `{value, expires_at, session}`."""
     if request.method != "POST":
@@ -177,6 +212,7 @@ def _read_offer(request: HttpRequest) -> tuple[str, dict[str, Any] | None, JsonR
 
 
 @csrf_exempt
+@cors
 async def calls(request: HttpRequest) -> HttpResponse:
     """A WebRTC call: admit the session, answer the offer; the session runs until the peer leaves."""
     if request.method != "POST":
@@ -272,3 +308,23 @@ def _refusal(events: list[dict[str, Any]]) -> JsonResponse:
             status = REFUSAL_STATUS.get(error.get("code"), 500)
             return _error(status, error.get("code"), error.get("message", ""), error.get("param"), error.get("type"))
     return _error(500, "server_error", "The session could not be started.", kind="server_error")
+
+
+# --- POST /v1/realtime/calls/{call_id}/hangup ----------------------------------------------------
+
+
+@csrf_exempt
+async def hangup(request: HttpRequest, call_id: str) -> HttpResponse:
+    """End a call from the server side (the SDKs' `realtime.calls.hangup`), with the key that opened it."""
+    if request.method != "POST":
+        return _error(405, "method_not_allowed", "POST /v1/realtime/calls/{call_id}/hangup ends a call.")
+    key = presented_key(_headers(request), [])
+    api_key = await authenticate(key)
+    if api_key is None and not open_endpoint():
+        return _bad_key()
+    call = live_calls.get(call_id)
+    runtime = call.runtime if call is not None else None
+    if runtime is None or (api_key is not None and runtime.api_key_id != api_key["id"] and not open_endpoint()):
+        return _error(404, "call_not_found", f"No live call '{call_id[:64]}' here.", "call_id")
+    await runtime.end("hangup")
+    return HttpResponse(status=200)
