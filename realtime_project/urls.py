@@ -15,6 +15,7 @@ urlpatterns = [
     path("metrics", views.metrics_view, name="metrics"),
     path("console/", console_views.console, name="console"),
     path("playground/", playground.playground, name="playground"),
+    path("playground/secret", playground.mint_secret, name="playground-secret"),
     path("v1/realtime/calls", webrtc_views.calls, name="realtime-calls"),
     path("v1/realtime/calls/<str:call_id>/hangup", webrtc_views.hangup, name="realtime-call-hangup"),
     path("v1/realtime/client_secrets", webrtc_views.client_secrets, name="realtime-client-secrets"),

@@ -12,14 +12,17 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.test import Client as DjangoClient
 
 from voice import playground
 from voice.engine.demo_checkpoint import DEMO_NAME
-from voice.models import ApiKey
+from voice.models import ApiKey, ClientSecret
+from voice.webrtc import secrets
 
 from .conftest import TIMEOUT
 
@@ -192,6 +195,7 @@ def test_anonymous_visitors_get_the_page_with_a_key_field_and_no_staff_links(
     )
     assert "/console/" not in html and "/admin/voice/apikey/add/" not in html
     assert "Paste the API key you were given" in html
+    assert "mint-key" not in elements.by_id and "csrfmiddlewaretoken" not in html
 
 
 @pytest.mark.django_db
@@ -203,7 +207,8 @@ def test_staff_get_links_to_the_console_and_to_making_a_key(client, demo_loaded,
     elements = parse(html)
     assert elements.by_id["playground"]["data-staff"] == "1"
     assert 'href="/console/"' in html and 'href="/admin/voice/apikey/add/"' in html and "operator" in html
-    assert not re.search(r"rt-[A-Za-z0-9_-]{20,}", html)  # no key is ever written into the page
+    assert not re.search(r"(rt-|ek_)[A-Za-z0-9_-]{20,}", html)  # no key is ever written into the page
+    assert elements.by_id["mint-key"]["data-mint-url"] == "/playground/secret"
 
 
 @pytest.mark.django_db
@@ -223,6 +228,54 @@ def test_an_open_endpoint_says_no_key_is_needed(client, demo_loaded) -> None:
 def test_the_landing_page_links_to_the_playground(client, demo_loaded) -> None:
     html = client.get("/").content.decode()
     assert 'href="/playground/"' in html
+
+
+# --- a short-lived key for staff -------------------------------------------------------------------
+
+
+def mint(client, **extra):
+    return client.post("/playground/secret", **extra)
+
+
+@pytest.mark.django_db
+def test_staff_mint_a_short_lived_webrtc_key_with_their_session(client, keys_required) -> None:
+    staff = User.objects.create_user("operator", password="pw-for-tests", is_staff=True)
+    client.force_login(staff)
+    response = mint(client)
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    body = response.json()
+    assert body["value"].startswith("ek_") and body["api_key"] == "playground: operator"
+    lifetime = body["expires_at"] - ClientSecret.objects.get().created_at.timestamp()
+    assert secrets.DEFAULT_SECONDS - 2 <= lifetime <= secrets.DEFAULT_SECONDS + 1
+    # It stands for the staff member's own playground key, whose value was never shown to anyone.
+    parent = ApiKey.objects.get(name="playground: operator")
+    assert parent.created_by == staff
+    resolved = async_to_sync(secrets.resolve)(body["value"])
+    assert resolved is not None and resolved.api_key == {"id": parent.pk, "name": "playground: operator"}
+    # A second one reuses that key; revoking it in the admin ends both.
+    second = mint(client).json()["value"]
+    assert ApiKey.objects.filter(name__startswith="playground: ").count() == 1
+    parent.revoke()
+    assert async_to_sync(secrets.resolve)(second) is None and async_to_sync(secrets.resolve)(body["value"]) is None
+    assert mint(client).json()["api_key"] == "playground: operator"  # a fresh key after the revocation
+    assert ApiKey.objects.active().filter(name="playground: operator").count() == 1
+
+
+@pytest.mark.django_db
+def test_only_staff_may_mint_and_only_by_a_csrf_checked_post(client) -> None:
+    assert mint(client).status_code == 302  # anonymous: to the login page
+    client.force_login(User.objects.create_user("visitor", password="pw-for-tests"))
+    assert mint(client).status_code == 403
+    staff = User.objects.create_user("operator", password="pw-for-tests", is_staff=True)
+    client.force_login(staff)
+    assert client.get("/playground/secret").status_code == 405
+    strict = DjangoClient(enforce_csrf_checks=True)
+    strict.force_login(staff)
+    assert mint(strict).status_code == 403  # another site's form cannot mint one with the cookie
+    page = strict.get("/playground/").content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    assert mint(strict, headers={"X-CSRFToken": token}).status_code == 200  # as playground.js sends it
+    assert ClientSecret.objects.count() == 1
 
 
 # --- the page's way of passing its key, on both WebSocket endpoints ------------------------------------

@@ -6,7 +6,8 @@
 // Ids and data attributes are a contract with the browser tests: #protocol, #api-key, #connect,
 // #disconnect, #push-to-talk, #stream-continuously, #status[data-state], #transcript li[data-role],
 // #event-log li[data-type][data-direction], #mic-level / #output-level [data-level][data-max],
-// #audio-received[data-bytes][data-ms][data-chunks], #audio-sent[data-bytes][data-ms].
+// #audio-received[data-bytes][data-ms][data-chunks][data-audible-ms], #audio-sent[data-bytes][data-ms],
+// #mint-key (staff only).
 "use strict";
 
 (() => {
@@ -18,6 +19,8 @@
   const PLAYBACK_LEAD_S = 0.08; // first chunk after a gap starts this far ahead: room for jitter
   const REALTIME_MODEL = "gpt-realtime";
   const TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe";
+  const METER_MS = 100;
+  const AUDIBLE_RMS = 10 ** (-50 / 20);
 
   const $ = (id) => document.getElementById(id);
   const page = document.body.dataset;
@@ -27,7 +30,7 @@
   let talking = false; // push-to-talk held
   let meterTimer = null;
   let statsTimer = null;
-  const counters = { sentBytes: 0, receivedBytes: 0, receivedMs: 0, chunks: 0, micMax: 0, outMax: 0 };
+  const counters = { sentBytes: 0, receivedBytes: 0, receivedMs: 0, chunks: 0, audibleMs: 0, micMax: 0, outMax: 0 };
 
   // --- small helpers ------------------------------------------------------------------------------
 
@@ -79,6 +82,7 @@
     received.dataset.bytes = String(counters.receivedBytes);
     received.dataset.ms = String(Math.round(counters.receivedMs));
     received.dataset.chunks = String(counters.chunks);
+    received.dataset.audibleMs = String(counters.audibleMs);
     received.textContent = `${(counters.receivedMs / 1000).toFixed(1)} s (${counters.receivedBytes} bytes)`;
   }
 
@@ -309,8 +313,12 @@
     if (capture) state.capture = await captureNode(ctx, source, (samples) => onMicrophone(state, samples));
     meterTimer = setInterval(() => {
       setMeter("mic", analyserRms(state.micAnalyser));
-      setMeter("output", analyserRms(state.remoteAnalyser || state.outAnalyser));
-    }, 100);
+      const out = analyserRms(state.remoteAnalyser || state.outAnalyser);
+      setMeter("output", out);
+      // Time the output was above -50 dBFS: sound, not silence (WebRTC's counters count both).
+      if (out > AUDIBLE_RMS) counters.audibleMs += METER_MS;
+      showCounters();
+    }, METER_MS);
     return state;
   }
 
@@ -716,6 +724,12 @@
     setConnected(true);
     setStatus("connecting", "asking for the microphone…");
     const kind = protocol();
+    if (apiKey().startsWith("ek_") && kind !== "realtime-webrtc") {
+      setConnected(false);
+      setStatus("error", "this key opens WebRTC calls only");
+      showError("An ek_… key opens Realtime calls over WebRTC only; WebSocket sessions need an API key.");
+      return;
+    }
     try {
       audio = await startAudio({ capture: kind !== "realtime-webrtc" });
       setStatus("connecting", "connecting…");
@@ -787,6 +801,34 @@
     }
   }
 
+  async function mintKey() {
+    // Staff only (the button is on the page for them alone): a short-lived `ek_` key for WebRTC,
+    // minted with the signed-in session; POST with the CSRF token.
+    const button = $("mint-key");
+    const token = document.querySelector("input[name=csrfmiddlewaretoken]");
+    button.disabled = true;
+    showError("");
+    try {
+      const response = await fetch(button.dataset.mintUrl, {
+        method: "POST",
+        headers: { "X-CSRFToken": token ? token.value : "" },
+        credentials: "same-origin",
+      });
+      if (!response.ok) throw new Error(`could not get a key: HTTP ${response.status}`);
+      const secret = await response.json();
+      $("api-key").value = secret.value;
+      $("api-key").dataset.expiresAt = String(secret.expires_at);
+      $("protocol").value = "realtime-webrtc";
+      showProtocolSettings();
+      const until = new Date(secret.expires_at * 1000).toLocaleTimeString();
+      $("key-hint").textContent = `A WebRTC key for “${secret.api_key}”, valid until ${until}.`;
+    } catch (error) {
+      showError(error.message || String(error));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function settingsChanged() {
     // Realtime settings apply to a live session at once (session.update).
     if (session && session.ready && session.kind !== "live-ws") session.send({ type: "session.update", session: realtimeSession() });
@@ -801,6 +843,7 @@
     $("stream-continuously").addEventListener("change", () => {
       if (session && session.kind === "realtime-webrtc" && audio) audio.track.enabled = wantsMicrophone();
     });
+    if ($("mint-key")) $("mint-key").addEventListener("click", mintKey);
     $("clear-events").addEventListener("click", () => {
       $("event-log").replaceChildren();
     });
