@@ -397,3 +397,38 @@ async def test_a_peer_that_vanishes_frees_its_slot(server: LiveServer, api_key: 
     await wait_for_free_slot(server)
     async with connected(server, secret) as again:
         assert (await again.next_event())["type"] == "session.created"
+
+
+async def test_a_sender_that_goes_silent_is_ended_by_the_media_timeout(server: LiveServer, api_key: str) -> None:
+    """A peer that vanished without closing: its RTP stops (here: the mic track is stopped while the
+    data channel stays up); after MEDIA_TIMEOUT_S the session ends and the slot is free."""
+    async with connected(server, api_key) as call:
+        created = await call.next_event()
+        await asyncio.sleep(1.0)  # some RTP arrives first
+        call.mic.stop()
+        conversation = await ended_conversation_within(server, created["session"]["id"], 15 + TIMEOUT)
+        assert conversation["end_reason"] == "webrtc:media_timeout"
+    await wait_for_free_slot(server)
+
+
+async def test_a_server_shutdown_ends_a_live_call_and_stores_it(server: LiveServer, api_key: str) -> None:
+    """Last in this module: it stops the server."""
+    async with connected(server, api_key) as call:
+        created = await call.next_event()
+        await asyncio.get_running_loop().run_in_executor(None, server.stop)
+        error = await call.until("error")
+        assert error["error"]["code"] == "server_shutting_down"
+    rows = query_db(
+        server.db_path, "SELECT * FROM transcripts_conversation WHERE session_id = ?", created["session"]["id"]
+    )
+    assert rows[0]["ended_at"] is not None and rows[0]["end_reason"] == "server_shutdown", dict(rows[0])
+
+
+async def ended_conversation_within(server: LiveServer, session_id: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = query_db(server.db_path, "SELECT * FROM transcripts_conversation WHERE session_id = ?", session_id)
+        if rows and rows[0]["ended_at"] is not None:
+            return rows[0]
+        assert time.monotonic() < deadline, f"not ended: {rows and dict(rows[0])}\n{server.log(4000)}"
+        await asyncio.sleep(0.2)  # polling the database, bounded by the deadline above
