@@ -30,7 +30,8 @@
   let talking = false; // push-to-talk held
   let meterTimer = null;
   let statsTimer = null;
-  const counters = { sentBytes: 0, receivedBytes: 0, receivedMs: 0, chunks: 0, audibleMs: 0, micMax: 0, outMax: 0 };
+  // sentMs: null while it follows from sentBytes (pcm16 on a WebSocket); WebRTC's stats give it.
+  const counters = { sentBytes: 0, sentMs: null, receivedBytes: 0, receivedMs: 0, chunks: 0, audibleMs: 0, micMax: 0, outMax: 0 };
 
   // --- small helpers ------------------------------------------------------------------------------
 
@@ -76,8 +77,9 @@
   function showCounters() {
     const sent = $("audio-sent");
     sent.dataset.bytes = String(counters.sentBytes);
-    sent.dataset.ms = String(Math.round(counters.sentBytes / ((2 * RATE) / 1000)));
-    sent.textContent = `${(counters.sentBytes / (2 * RATE)).toFixed(1)} s (${counters.sentBytes} bytes)`;
+    const sentMs = counters.sentMs !== null ? counters.sentMs : counters.sentBytes / ((2 * RATE) / 1000);
+    sent.dataset.ms = String(Math.round(sentMs));
+    sent.textContent = `${(sentMs / 1000).toFixed(1)} s (${counters.sentBytes} bytes)`;
     const received = $("audio-received");
     received.dataset.bytes = String(counters.receivedBytes);
     received.dataset.ms = String(Math.round(counters.receivedMs));
@@ -88,6 +90,7 @@
 
   function resetCounters() {
     for (const key of Object.keys(counters)) counters[key] = 0;
+    counters.sentMs = null;
     showCounters();
     setMeter("mic", 0);
     setMeter("output", 0);
@@ -624,10 +627,15 @@
   }
 
   async function webrtcStats(pc) {
-    // The audio received on the RTP track, for the counter (the WebSocket modes count deltas).
+    // The audio on the RTP tracks, for the counters (the WebSocket modes count what they send and
+    // receive): Opus bytes, and the microphone's duration sent (track enabled or not).
     try {
       const report = await pc.getStats();
       report.forEach((stat) => {
+        if (stat.type === "outbound-rtp" && stat.kind === "audio") counters.sentBytes = stat.bytesSent || 0;
+        if (stat.type === "media-source" && stat.kind === "audio" && stat.totalSamplesDuration !== undefined) {
+          counters.sentMs = stat.totalSamplesDuration * 1000;
+        }
         if (stat.type !== "inbound-rtp" || stat.kind !== "audio") return;
         counters.receivedBytes = stat.bytesReceived || 0;
         counters.chunks = stat.packetsReceived || 0;
