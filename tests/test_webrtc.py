@@ -32,7 +32,8 @@ from voice.protocol import Dialect
 from voice.testing.live_server import LiveServer
 
 from .conftest import TIMEOUT
-from .e2e_support import ended_conversation, live_server_fixture, query_db, stored_items
+from .console_support import CONSOLE_PERMISSIONS, admin_login, create_user
+from .e2e_support import STARTUP_TIMEOUT, ended_conversation, live_server_fixture, query_db, stored_items
 from .e2e_support import server_alive as server_alive  # autouse: each test first checks that daphne runs
 from .helpers import read_pcm16
 from .strict import strict
@@ -408,6 +409,31 @@ async def test_a_sender_that_goes_silent_is_ended_by_the_media_timeout(server: L
         call.mic.stop()
         conversation = await ended_conversation_within(server, created["session"]["id"], 15 + TIMEOUT)
         assert conversation["end_reason"] == "webrtc:media_timeout"
+    await wait_for_free_slot(server)
+
+
+async def test_the_staff_console_lists_and_ends_a_call(server: LiveServer, api_key: str) -> None:
+    create_user(server, "operator", staff=True, timeout=STARTUP_TIMEOUT, permissions=CONSOLE_PERMISSIONS)
+    cookie, _page = await asyncio.to_thread(admin_login, server, "operator", TIMEOUT)
+    async with connected(server, api_key) as call:
+        session_id = (await call.next_event())["session"]["id"]
+        async with websockets.connect(
+            f"{server.ws_url}/console/live",
+            additional_headers={"Cookie": cookie},
+            origin=server.http_url,
+            open_timeout=TIMEOUT,
+        ) as console:
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # the call answers the console's roll call through its channel-layer name
+                message = json.loads(await asyncio.wait_for(console.recv(), TIMEOUT))
+                if message["type"] == "session" and message["session"]["session_id"] == session_id:
+                    break
+                assert time.monotonic() < deadline, "the call was not listed on the console"
+            await console.send(json.dumps({"action": "end", "session_id": session_id}))
+            error = await call.until("error")
+            assert error["error"]["code"] == "session_ended_by_staff"
+        conversation = await ended_conversation(server, session_id)
+        assert conversation["end_reason"] == "ended_by_staff"
     await wait_for_free_slot(server)
 
 
