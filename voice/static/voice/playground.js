@@ -358,12 +358,17 @@
 
   function onMicrophone(state, samples) {
     const resampled = state.resampler.push(samples);
-    if (!session || !session.ready || !wantsMicrophone()) {
+    const open = wantsMicrophone();
+    // A closed microphone streams silence, as a muted one does: server VAD hears the turn end, and
+    // Live keeps its clock. Without turn detection nothing is sent between turns (the client
+    // commits each one, and the buffer would only fill with silence).
+    const silence = !open && session && (session.kind === "live-ws" || $("turn-detection").checked);
+    if (!session || !session.ready || !(open || silence)) {
       state.pending = [];
       state.pendingSamples = 0;
       return;
     }
-    state.pending.push(resampled);
+    state.pending.push(open ? resampled : new Float32Array(resampled.length));
     state.pendingSamples += resampled.length;
     if (state.pendingSamples >= CHUNK_SAMPLES) flushMicrophone(state);
   }
@@ -494,21 +499,22 @@
 
   // --- the Realtime events, over a WebSocket or the WebRTC data channel -----------------------------
 
-  function handleRealtimeEvent(event) {
+  function handleRealtimeEvent(conn, event) {
+    if (session !== conn) return; // a connection being replaced or torn down
     logEvent("received", event);
     switch (event.type) {
       case "session.created":
-        session.ready = true;
+        conn.ready = true;
         setStatus("active", `session ${event.session && event.session.id ? event.session.id : ""} open`);
         if (event.session && event.session.model === page.demoName) $("demo-notice").hidden = false;
-        session.send({ type: "session.update", session: realtimeSession() });
+        conn.send({ type: "session.update", session: realtimeSession() });
         break;
       case "input_audio_buffer.speech_started":
         stopPlayback();
         setStatus("active", "hearing you…");
         break;
       case "input_audio_buffer.committed":
-        session.sinceCommit = 0;
+        conn.sinceCommit = 0;
         if ($("input-transcription").checked && event.item_id) line(event.item_id, "user").classList.add("pending");
         break;
       case "conversation.item.input_audio_transcription.delta":
@@ -562,7 +568,7 @@
       },
     };
     socket.onopen = () => setStatus("connected", "connected, waiting for the session…");
-    socket.onmessage = (message) => handleRealtimeEvent(JSON.parse(message.data));
+    socket.onmessage = (message) => handleRealtimeEvent(conn, JSON.parse(message.data));
     socket.onerror = () => showError("The WebSocket failed (see the event log and the server's log).");
     socket.onclose = (event) => ended(conn, describeClose(event));
     return conn;
@@ -589,6 +595,7 @@
         ended(conn, "closed");
       },
     };
+    session = conn;
     pc.ontrack = (event) => {
       remote.srcObject = event.streams[0];
       remote.play().catch(() => {});
@@ -607,7 +614,7 @@
     pc.addTrack(audio.track, audio.stream);
     const channel = pc.createDataChannel("oai-events");
     channel.onopen = () => setStatus("connected", "connected, waiting for the session…");
-    channel.onmessage = (message) => handleRealtimeEvent(JSON.parse(message.data));
+    channel.onmessage = (message) => handleRealtimeEvent(conn, JSON.parse(message.data));
     channel.onclose = () => session === conn && conn.stop();
 
     const offer = await pc.createOffer();
@@ -651,6 +658,7 @@
   // --- the Live API over a WebSocket ------------------------------------------------------------------
 
   function handleLiveEvent(conn, event) {
+    if (session !== conn) return;
     logEvent("received", event);
     switch (event.type) {
       case "session.started":
@@ -743,12 +751,11 @@
       setStatus("connecting", "connecting…");
       if (kind === "realtime-ws") session = realtimeWebSocket();
       else if (kind === "live-ws") session = liveWebSocket();
-      else {
-        session = { kind, ready: false, send() {}, sendAudio() {}, stop() {} }; // while the offer is out
-        session = await realtimeWebRTC();
-      }
+      else await realtimeWebRTC(); // the session from the start, so that no early event is missed
     } catch (error) {
+      const failed = session;
       session = null;
+      if (failed) failed.stop(); // a half-made peer connection is closed
       stopAudio();
       setConnected(false);
       setStatus("error", `could not connect: ${error.name || "Error"}`);
@@ -776,7 +783,7 @@
     if (!session || talking) return;
     talking = true;
     $("push-to-talk").setAttribute("aria-pressed", "true");
-    stopPlayback();
+    if (session.kind !== "live-ws") stopPlayback(); // Realtime: the user takes the turn (Live is full duplex)
     if (!$("turn-detection").checked && session.kind !== "live-ws") {
       session.send({ type: "input_audio_buffer.clear" });
       session.sinceCommit = 0;
