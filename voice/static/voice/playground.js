@@ -49,7 +49,7 @@
 
   function level(rms) {
     // RMS of float samples in [-1, 1] as dBFS, and a 0..1 meter over the last 60 dB (as the console).
-    if (!rms) return { db: "silent", meter: 0 };
+    if (!(rms > 1e-5)) return { db: "silent", meter: 0 }; // below -100 dBFS: digital silence
     const db = 20 * Math.log10(rms);
     return { db: `${db.toFixed(1)} dBFS`, meter: Math.max(0, Math.min(1, (db + 60) / 60)) };
   }
