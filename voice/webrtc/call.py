@@ -38,6 +38,7 @@ DATA_CHANNEL = "oai-events"  # the label OpenAI's clients open
 AUDIO_DELTA = "response.output_audio.delta"
 CONNECT_TIMEOUT_S = 20.0  # from the answer to an open data channel
 MEDIA_TIMEOUT_S = 10.0  # no RTP this long after the first packet: the peer is gone
+MAX_INBOX = 1000  # client events and appends waiting for the runtime; beyond, new ones are dropped
 CLOSE_FLUSH_S = 1.0  # how long a closing call waits for the data channel to send what it holds
 
 # The live calls of this process, by call id (they also hold their tasks alive).
@@ -59,6 +60,7 @@ class WebRTCCall:
         self.last_media = 0.0
         self._pending: list[str] = []  # events sent before the data channel opened
         self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue()  # client events and audio, in order
+        self._overflowed = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing: asyncio.Task[None] | None = None
         # The response whose audio is being played, and whether it is done (response.done sent).
@@ -133,7 +135,17 @@ class WebRTCCall:
 
     def _on_message(self, message: str | bytes) -> None:
         if not self.ended:
-            self._inbox.put_nowait(message)
+            self._enqueue(message)
+
+    def _enqueue(self, message: str | bytes) -> None:
+        """aiortc delivers messages as fast as they come; the runtime takes them one at a time. A
+        client far ahead of it (a flood) loses what exceeds MAX_INBOX, as a rate limit would."""
+        if self._inbox.qsize() >= MAX_INBOX:
+            if not self._overflowed:
+                log.warning("call %s: more than %d client messages waiting; dropping", self.call_id, MAX_INBOX)
+            self._overflowed = True
+            return
+        self._inbox.put_nowait(message)
 
     async def _feed(self) -> None:
         """Client events and audio appends to the runtime, one at a time, in arrival order (as a
@@ -165,7 +177,7 @@ class WebRTCCall:
                 self.first_media = now
             for chunk in self.inbound.add(frame):
                 event = {"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()}
-                self._inbox.put_nowait(json.dumps(event))
+                self._enqueue(json.dumps(event))
 
     # --- server to client: the runtime's Transport ----------------------------------------------
 
