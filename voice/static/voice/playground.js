@@ -4,7 +4,8 @@
 // Text from the server (transcripts, errors) goes in with textContent, never as HTML.
 //
 // Ids and data attributes are a contract with the browser tests: #protocol, #api-key, #connect,
-// #disconnect, #push-to-talk, #stream-continuously, #status[data-state], #transcript li[data-role],
+// #disconnect, #push-to-talk, #stream-continuously, #status[data-state][data-session-id][data-call-id],
+// #transcript li[data-role],
 // #event-log li[data-type][data-direction], #mic-level / #output-level [data-level][data-max],
 // #audio-received[data-bytes][data-ms][data-chunks][data-audible-ms], #audio-sent[data-bytes][data-ms],
 // #mint-key (staff only).
@@ -39,6 +40,12 @@
     const el = $("status");
     el.dataset.state = state;
     el.textContent = text;
+  }
+
+  function showSession(id) {
+    // The session's id (and a WebRTC call's) stay on #status after the call: a test finds the
+    // session in the staff console and the stored conversations by them.
+    $("status").dataset.sessionId = id || "";
   }
 
   function showError(text) {
@@ -505,7 +512,8 @@
     switch (event.type) {
       case "session.created":
         conn.ready = true;
-        setStatus("active", `session ${event.session && event.session.id ? event.session.id : ""} open`);
+        showSession(event.session && event.session.id);
+        setStatus("active", `session ${$("status").dataset.sessionId} open`);
         if (event.session && event.session.model === page.demoName) $("demo-notice").hidden = false;
         conn.send({ type: "session.update", session: realtimeSession() });
         break;
@@ -627,7 +635,9 @@
       pc.close();
       throw new Error(`POST ${page.callsPath} answered ${response.status}: ${text.slice(0, 300)}`);
     }
-    logEvent("received", { type: "webrtc.answer", message: response.headers.get("Location") || "" });
+    const callUrl = response.headers.get("Location") || "";
+    $("status").dataset.callId = callUrl.split("/").pop();
+    logEvent("received", { type: "webrtc.answer", message: callUrl });
     await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
     statsTimer = setInterval(() => webrtcStats(pc), 500);
     return conn;
@@ -663,7 +673,8 @@
     switch (event.type) {
       case "session.started":
         conn.ready = true;
-        setStatus("active", `Live session ${event.session && event.session.id ? event.session.id : ""} started`);
+        showSession(event.session && event.session.id);
+        setStatus("active", `Live session ${$("status").dataset.sessionId} started`);
         break;
       case "session.output_audio.delta":
         play(event.delta);
@@ -737,6 +748,8 @@
     showError("");
     resetCounters();
     liveTurn = null;
+    delete $("status").dataset.sessionId;
+    delete $("status").dataset.callId;
     setConnected(true);
     setStatus("connecting", "asking for the microphone…");
     const kind = protocol();
