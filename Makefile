@@ -56,11 +56,14 @@ test: $(DEV_STAMP) system-packages
 	$(BIN)/python -m pytest
 
 # What the suite needs from Debian, installed once when missing (this needs root, as on CI): the
-# console's browser test drives chromium and chromedriver; the test session starts throwaway
-# PostgreSQL and Redis servers from their binaries (tests/services.py) unless TEST_POSTGRES_URL /
-# TEST_REDIS_URL name servers to use.
+# browser tests (console, playground) drive chromium and chromedriver, and the playground's test
+# bundles @openai/agents-realtime with node and npm (it runs `npm ci` in tests/browser itself); the
+# test session starts throwaway PostgreSQL and Redis servers from their binaries (tests/services.py)
+# unless TEST_POSTGRES_URL / TEST_REDIS_URL name servers to use.
 SYSTEM_PACKAGES := $(if $(shell command -v chromium),,chromium) \
 	$(if $(shell command -v chromedriver),,chromium-driver) \
+	$(if $(shell command -v node),,nodejs) \
+	$(if $(shell command -v npm),,npm) \
 	$(if $(TEST_POSTGRES_URL)$(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) \
 	$(if $(TEST_REDIS_URL)$(shell command -v redis-server),,redis-server)
 system-packages:
