@@ -11,6 +11,7 @@ const results = {
   status: "starting",
   connected: false,
   callId: null,
+  sessionId: null,
   events: [], // the type of every server event, in order
   errors: [],
   history: [], // {role, type, status, transcript} per history item
@@ -68,6 +69,7 @@ async function main() {
   window.session = session;
   session.on("transport_event", (event) => {
     results.events.push(event.type);
+    if (event.type === "session.created") results.sessionId = event.session.id;
     if (event.type === "error") results.errors.push(`error event: ${describe(event)}`);
     show();
   });
