@@ -150,8 +150,9 @@ def chromium(microphone: Path | None = None) -> WebDriver:
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={microphone}",
-            # Host ICE candidates as addresses, not mDNS .local names (nothing resolves those here).
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            # Chromium's default ICE candidates, as people's browsers send them: with the microphone
+            # granted they are addresses (without it, mDNS .local names that nothing resolves here;
+            # --disable-features=WebRtcHideLocalIpsWithMdns would show the addresses anyway).
         ]
     for flag in flags:
         options.add_argument(flag)
@@ -478,6 +479,9 @@ def test_openai_agents_realtime_connects_over_webrtc_by_its_base_url(
     assert "input_audio_buffer.speech_started" in got["events"], got["events"][:30]
     user = [item for item in got["history"] if item["role"] == "user"]
     assert user, got["history"]
+    # WebRTC's playback events, which the SDK turns into audio_start / audio_stopped.
+    assert "output_audio_buffer.started" in got["events"], got["events"][:30]
+    wait_for(browser, "output_audio_buffer.stopped", lambda d: "output_audio_buffer.stopped" in results(d)["events"])
     browser.execute_script("window.session.close()")
     conversation, items = stored(server, got["sessionId"])
     assert conversation["dialect"] == "ga"
