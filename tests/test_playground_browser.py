@@ -382,7 +382,7 @@ def npm_ci() -> None:
         cwd=BROWSER_DIR,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=240,  # under pytest-timeout's 300 s, so that npm's own output says what hung
         check=False,
     )
     if result.returncode != 0:
