@@ -30,6 +30,7 @@ from openai.types.realtime.client_secret_create_response import ClientSecretCrea
 
 from voice.protocol import Dialect
 from voice.testing.live_server import LiveServer
+from voice.webrtc.ice import offer_loopback_when_alone
 
 from .conftest import TIMEOUT
 from .console_support import CONSOLE_PERMISSIONS, admin_login, create_user
@@ -37,6 +38,8 @@ from .e2e_support import STARTUP_TIMEOUT, ended_conversation, live_server_fixtur
 from .e2e_support import server_alive as server_alive  # autouse: each test first checks that daphne runs
 from .helpers import read_pcm16
 from .strict import strict
+
+offer_loopback_when_alone()  # the client's side too: under `unshare -n` loopback is the only network
 
 SERVER_ENV = {
     "REALTIME_OPEN_ENDPOINT": "0",  # keys required, as in production

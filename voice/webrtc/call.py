@@ -31,6 +31,9 @@ from ..protocol.ids import new_id
 from ..runtime.session import SessionRuntime
 from ..runtime.transport import CLOSE_NORMAL
 from .audio import InboundAudio, OutputTrack
+from .ice import offer_loopback_when_alone
+
+offer_loopback_when_alone()
 
 log = logging.getLogger(__name__)
 
