@@ -152,7 +152,10 @@ def chromium(microphone: Path | None = None) -> WebDriver:
             f"--use-file-for-fake-audio-capture={microphone}",
             # Chromium's default ICE candidates, as people's browsers send them: with the microphone
             # granted they are addresses (without it, mDNS .local names that nothing resolves here;
-            # --disable-features=WebRtcHideLocalIpsWithMdns would show the addresses anyway).
+            # --disable-features=WebRtcHideLocalIpsWithMdns would show the addresses anyway). On a
+            # machine whose only network is loopback (`unshare -n`) Chromium gathers none unless
+            # it may use loopback, which the server then offers too (voice/webrtc/ice.py).
+            "--allow-loopback-in-peer-connection",
         ]
     for flag in flags:
         options.add_argument(flag)
