@@ -157,6 +157,16 @@ def test_several_workers_without_redis_get_a_warning(settings) -> None:
     assert worker_warnings() == []
 
 
+def test_a_bare_daphne_with_its_own_engine_is_one_worker(settings) -> None:
+    settings.REDIS_URL = ""
+    settings.VOICE = {**settings.VOICE, "WEB_WORKERS": 4, "ENGINE_PROCESS": "child"}
+    with mock.patch("sys.argv", ["/venv/bin/daphne", "realtime_project.asgi:application"]):
+        assert worker_warnings() == []
+    settings.VOICE = {**settings.VOICE, "ENGINE_PROCESS": "external"}  # a worker under the supervisor
+    with mock.patch("sys.argv", ["/venv/bin/daphne", "--fd", "0", "realtime_project.asgi:application"]):
+        assert len(worker_warnings()) == 1
+
+
 @pytest.mark.parametrize(("cores", "warned"), [(1, False), (8, True)])
 def test_zero_workers_means_one_per_core(settings, cores: int, warned: bool) -> None:
     settings.REDIS_URL = ""

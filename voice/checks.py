@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ def web_workers() -> int:
 # where a developer sees this.
 @checks.register()
 def check_workers_share_a_channel_layer(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    from .apps import process_serves
+
+    if process_serves(sys.argv) and get_config()["ENGINE_PROCESS"] == "child":
+        return []  # a bare daphne with its own engine: one worker, whatever REALTIME_WEB_WORKERS says
     workers = web_workers()
     if workers > 1 and not settings.REDIS_URL:
         return [
