@@ -10,7 +10,7 @@ import pytest
 import sentencepiece
 
 from voice.engine.batched import BatchedEngine
-from voice.engine.forcing import EPAD, PAD, ForcedSpeech, Piece, pieces_of
+from voice.engine.forcing import EPAD, MAX_TEXTS, PAD, ForcedSpeech, Piece, pieces_of
 from voice.engine.slots import FrameOutput, Slot
 
 from .conftest import TIMEOUT
@@ -114,3 +114,14 @@ async def test_forcing_one_slot_leaves_the_others_tokens_unchanged(
     assert_same(together, await run_alone(demo_checkpoint, frames))
     forced_outputs = await collect(forced, 13)
     assert any(o.forced for o in forced_outputs)
+
+
+async def test_texts_waiting_to_be_said_are_bounded(engine: BatchedEngine) -> None:
+    slot = engine.acquire(asyncio.get_running_loop())
+    assert slot is not None
+    slot.set_keep_running(True)
+    accepted = [slot.speak(f"Text number {n}.") for n in range(MAX_TEXTS + 4)]
+    # The engine takes a text only when the one before is said: at most one more than the inbox holds.
+    assert MAX_TEXTS <= sum(accepted) <= MAX_TEXTS + 1 and not accepted[-1]
+    slot.hush()
+    slot.set_keep_running(False)

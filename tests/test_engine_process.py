@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from voice.engine import wire
+from voice.engine.forcing import MAX_TEXTS
 from voice.engine.manager import ManagerConfig, ModelManager
 from voice.engine.remote import ENGINE_GONE, EngineUnavailable, RemoteManager, RemoteSlot
-from voice.engine.service import EngineService
+from voice.engine.service import SPEECH_QUEUE_FULL, EngineService
 from voice.engine.slots import EngineFailure, FrameOutput
 from voice.testing.live_server import LiveServer
 
@@ -66,6 +67,13 @@ def test_an_output_crosses_the_wire_unchanged() -> None:
     assert (silent.text, silent.pcm, silent.heard, silent.speech, silent.client_audio) == (None, None, None, [], False)
     empty = wire.decode_output(split(wire.encode_output(wire.Output("", None, [], False, 0.0, 0.0, None, 0)))[1])
     assert empty.text == ""  # a forced piece may be empty: not the same as no text
+
+
+def test_a_failure_says_how_many_frames_are_done() -> None:
+    kind, payload = split(wire.failure_message(12, "model step failed: boom"))
+    assert kind == wire.FAILURE and wire.parse_failure(payload) == (12, "model step failed: boom")
+    with pytest.raises(wire.WireError):
+        wire.parse_failure(b"\x01")
 
 
 def test_frames_flags_and_json_cross_the_wire() -> None:
@@ -190,6 +198,19 @@ async def test_a_remote_slot_says_a_given_text_verbatim(demo_checkpoint: Path) -
                 break
         assert "".join(said) == text
         slot.hush()  # nothing left: harmless
+        slot.release()
+
+
+async def test_a_remote_slot_hears_when_too_many_texts_wait(demo_checkpoint: Path) -> None:
+    async with running_engine(demo_checkpoint) as (_, remote, _):
+        slot = await remote.open_slot("sft")
+        assert slot is not None
+        for n in range(MAX_TEXTS + 4):
+            slot.speak(f"Text number {n}.")
+        item = await asyncio.wait_for(slot.outbox.get(), TIMEOUT)
+        while isinstance(item, FrameOutput):
+            item = await asyncio.wait_for(slot.outbox.get(), TIMEOUT)
+        assert isinstance(item, EngineFailure) and not item.fatal and item.message == SPEECH_QUEUE_FULL
         slot.release()
 
 

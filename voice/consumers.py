@@ -66,6 +66,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope.get("headers", [])}
         subprotocols: list[str] = self.scope.get("subprotocols", [])
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        manager = get_manager()
+        if manager is not None:
+            await manager.fresh_status()  # the model names the front maps (read from it, never fetched on the loop)
         self.front = self.choose_front(headers, subprotocols)
         client = self.scope.get("client") or ("", 0)
         handshake = Handshake(

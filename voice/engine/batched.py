@@ -340,11 +340,12 @@ class BatchedEngine:
             self._vads[index].reset()
             self._speech[index] = ForcedSpeech(delay=self.lm_gen.max_delay)
         for index, slot in batch.owners.items():
-            hushed, texts = slot.speech.take()
+            speech = self._speech[index]
+            hushed, text = slot.speech.take(next_text=not speech.queue)
             if hushed:
-                self._speech[index].hush()
-            for text in texts:
-                self._speech[index].add(pieces_of(self.model.tokenizer, text))
+                speech.hush()
+            if text is not None:
+                speech.add(pieces_of(self.model.tokenizer, text))
         return batch
 
     def _step(

@@ -42,7 +42,9 @@ class ChildEngine:
         self.socket_path = socket_path
         self.private_dir = private_dir
         self.start_timeout = start_timeout
-        self.error_file = Path(tempfile.mkstemp(prefix="engine-error-", suffix=".txt")[1])
+        descriptor, error_file = tempfile.mkstemp(prefix="engine-error-", suffix=".txt")
+        os.close(descriptor)
+        self.error_file = Path(error_file)
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stopping = threading.Event()
@@ -56,7 +58,13 @@ class ChildEngine:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
-        process = self.process
+        self._terminate(self.process, timeout)
+        self.error_file.unlink(missing_ok=True)
+        if self.private_dir:
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
+
+    @staticmethod
+    def _terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
         if process is not None and process.poll() is None:
             process.terminate()
             try:
@@ -64,9 +72,6 @@ class ChildEngine:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self.error_file.unlink(missing_ok=True)
-        if self.private_dir:
-            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def _spawn(self) -> None:
         self.error_file.write_text("")
@@ -82,6 +87,8 @@ class ChildEngine:
         assert self.process is not None
         deadline = time.monotonic() + self.start_timeout
         while True:
+            if self._stopping.is_set():
+                raise ModelLoadError("the server is stopping")
             code = self.process.poll()
             if code is not None:
                 reason = self.error_file.read_text().strip() or f"the engine process exited with code {code}"
@@ -93,6 +100,7 @@ class ChildEngine:
                 pass  # not listening yet
             if time.monotonic() > deadline:
                 self.process.kill()
+                self.process.wait()
                 raise ModelLoadError(
                     f"the engine process was not ready after {self.start_timeout:g}s (REALTIME_ENGINE_START_TIMEOUT_S)"
                 )
@@ -112,10 +120,11 @@ class ChildEngine:
             try:
                 self._spawn()
                 self._wait_ready()
-            except ModelLoadError as exc:
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a failed start (EMFILE, a bad model)
                 failures += 1
                 log.error("engine restart failed: %s", exc)
                 continue
             failures = 0
             self.restarts += 1
             log.info("engine process %d is back", self.process.pid)
+        self._terminate(self.process)  # one started while the server was stopping

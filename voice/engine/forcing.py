@@ -78,13 +78,16 @@ class SpeechInbox:
             self._texts.clear()
             self._hushed = True
 
-    def take(self) -> tuple[bool, list[str]]:
-        """(hushed since the last take, the texts queued since)."""
+    def take(self, next_text: bool) -> tuple[bool, str | None]:
+        """(hushed since the last take, the next text if ``next_text``).
+
+        The engine takes a text only when the one before is said, so that what waits stays in this
+        bounded inbox (``say`` refuses the 17th) and is tokenized only when its turn comes.
+        """
         with self._lock:
             hushed, self._hushed = self._hushed, False
-            texts = list(self._texts)
-            self._texts.clear()
-        return hushed, texts
+            text = self._texts.popleft() if next_text and self._texts else None
+        return hushed, text
 
 
 @dataclass

@@ -124,7 +124,9 @@ class RemoteSlot:
                         )
                     )
                 elif kind == wire.FAILURE:
-                    self._deliver(EngineFailure(payload.decode(errors="replace")))
+                    done, text = wire.parse_failure(payload)
+                    self._done = max(self._done, done)
+                    self._deliver(EngineFailure(text))
                 else:
                     raise wire.WireError(f"unexpected message {kind!r} from the engine")
         except asyncio.CancelledError:
@@ -182,10 +184,9 @@ class RemoteManager:
         return str((self._status or {}).get("device", "unknown"))
 
     def model_names(self) -> dict[str, str]:
-        """The model types the engine has loaded, with their names (from the last status when
-        there is one: this is called on the event loop)."""
-        status = self._status if self._status is not None else self.status()
-        return {model_type: info["name"] for model_type, info in (status or {}).get("models", {}).items()}
+        """The model types the engine has loaded, with their names, as of the last status (this is
+        called on the event loop: it never asks the engine; admission's fresh_status keeps it current)."""
+        return {model_type: info["name"] for model_type, info in (self._status or {}).get("models", {}).items()}
 
     def model_name(self, model_type: str) -> str:
         return self.model_names()[model_type]
@@ -211,16 +212,21 @@ class RemoteManager:
             if kind != wire.OPENED:
                 raise wire.WireError(f"expected OPENED, got {kind!r}")
             answer = wire.parse_json(payload)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, wire.WireError) as exc:
+            if answer.get("ok"):
+                index = int(answer["index"])
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, wire.WireError, KeyError, ValueError) as exc:
             writer.close()
             self._status_at = float("-inf")
             raise EngineUnavailable(str(exc)) from None
+        except BaseException:  # cancelled (the client left while it was admitted): the slot goes back
+            writer.close()
+            raise
         if not answer.get("ok"):
             writer.close()
             if answer.get("code") == "busy":
                 return None
             raise EngineUnavailable(str(answer.get("message", "refused")))
-        slot = RemoteSlot(int(answer["index"]), reader, writer, self.inbox_frames, paced)
+        slot = RemoteSlot(index, reader, writer, self.inbox_frames, paced)
         slot._detect_speech = detect_speech
         return slot
 

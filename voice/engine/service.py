@@ -31,6 +31,7 @@ from .slots import EngineFailure, FrameOutput, Slot
 log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 10.0  # a connection that says nothing is not a worker
+SPEECH_QUEUE_FULL = "Too many texts are waiting to be said; this one was dropped."
 
 
 class EngineService:
@@ -125,7 +126,8 @@ class EngineService:
                 elif kind == wire.DETECT_SPEECH:
                     slot.detect_speech = wire.parse_flag(payload)
                 elif kind == wire.SPEAK:
-                    slot.speak(wire.parse_text(payload))
+                    if not slot.speak(wire.parse_text(payload)):
+                        writer.write(wire.failure_message(slot.done, SPEECH_QUEUE_FULL))
                 elif kind == wire.HUSH:
                     slot.hush()
                 else:
@@ -143,7 +145,7 @@ class EngineService:
             while True:
                 item = await slot.outbox.get()
                 if isinstance(item, EngineFailure):
-                    writer.write(wire.message(wire.FAILURE, item.message.encode()))
+                    writer.write(wire.failure_message(slot.done, item.message))
                 else:
                     writer.write(wire.encode_output(to_wire(item, slot.done)))
                 await writer.drain()

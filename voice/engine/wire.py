@@ -34,7 +34,7 @@ HUSH = b"H"  # drop what the slot was to say and has not said yet
 STATUS = b"S"  # JSON: device, models, slots, step statistics (see service.status)
 OPENED = b"o"  # JSON {"ok": true, "index", "model_name"} or {"ok": false, "code", "message"}
 OUTPUT = b"Y"  # one FrameOutput (see encode_output)
-FAILURE = b"X"  # utf-8 text: this tick's model step failed (the session goes on)
+FAILURE = b"X"  # frames done (uint64) + utf-8 text: a step failed, or a text could not be queued (the session goes on)
 
 HEADER = struct.Struct("<IB")  # length of kind + payload, kind
 MAX_MESSAGE_BYTES = 1 << 20  # a status or an output is a few KiB; anything bigger is a broken peer
@@ -85,6 +85,21 @@ def parse_frame(payload: bytes) -> np.ndarray:
     if len(payload) != FRAME_BYTES:
         raise WireError(f"a frame is {FRAME_BYTES} bytes, not {len(payload)}")
     return np.frombuffer(payload, dtype=np.float32).copy()  # writable: torch.from_numpy wants that
+
+
+_DONE = struct.Struct("<Q")
+
+
+def failure_message(done: int, text: str) -> bytes:
+    """A failure, with how many of the session's frames the engine has finished (as an OUTPUT says):
+    a worker that saw only failures for a while must not believe its frames still wait."""
+    return message(FAILURE, _DONE.pack(done) + text.encode())
+
+
+def parse_failure(payload: bytes) -> tuple[int, str]:
+    if len(payload) < _DONE.size:
+        raise WireError("a failure starts with the frames done")
+    return _DONE.unpack_from(payload)[0], payload[_DONE.size :].decode(errors="replace")
 
 
 def parse_text(payload: bytes) -> str:

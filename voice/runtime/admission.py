@@ -105,16 +105,20 @@ async def open_session(
             "server_error",
         )
         return None
-    runtime = SessionRuntime(
-        handshake=handshake,
-        api_key=api_key,
-        slot=slot,
-        model_name=status["models"][handshake.model_type]["name"],
-        transport=transport,
-        channel_layer=channel_layer,
-        channel_name=channel_name,
-        config=config,
-    )
+    try:
+        runtime = SessionRuntime(
+            handshake=handshake,
+            api_key=api_key,
+            slot=slot,
+            model_name=status["models"][handshake.model_type]["name"],
+            transport=transport,
+            channel_layer=channel_layer,
+            channel_name=channel_name,
+            config=config,
+        )
+    except BaseException:  # a session that could not even be built gives its slot back
+        slot.release()
+        raise
     try:
         await runtime.start()
     except BaseException:
