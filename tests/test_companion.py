@@ -252,6 +252,21 @@ async def test_more_than_max_pending_requests_fail_at_once_as_busy(
     await collected.runner.finish(timeout=0)
 
 
+async def test_a_flood_of_requests_is_refused_without_growing(
+    backend,
+    companion_server: CompanionServer,  # noqa: F811
+) -> None:
+    companion_server.default = Reply(text="slowly", delay=1.0)
+    collected = Collected(backend, max_pending=2)
+    for number in range(1, 101):
+        collected.runner.submit(request(number))
+    assert collected.runner.pending == 4  # 2 waiting, 2 busy failures on their way; the rest dropped
+    outcomes = await collected.wait(4)
+    assert [o.request_id for o in outcomes if o.error_code is None] == ["cmp_1", "cmp_2"]
+    assert companion_server.requests == 2
+    await collected.runner.finish(timeout=0)
+
+
 async def test_a_failed_delivery_does_not_stop_the_next(backend, companion_server: CompanionServer) -> None:  # noqa: F811
     delivered: list[str] = []
 

@@ -72,6 +72,11 @@ class SessionCompanion:
             log.debug("companion request %s after the session's end: dropped", request.request_id)
             return
         if len(self._waiting) + (self._running is not None) >= self.max_pending:
+            if len(self._side) >= self.max_pending:
+                # Refusals already on their way: a client flooding requests gets no more tasks
+                # (the protocol side times the request out on its own: companion_wait_ms).
+                log.warning("companion request %s dropped: the session floods the companion", request.request_id)
+                return
             outcome = self._failure(
                 request, 0, COMPANION_BUSY, f"{self.max_pending} requests are already waiting for the companion."
             )
