@@ -247,8 +247,16 @@ async def calls(request: HttpRequest) -> HttpResponse:
 
     # The session outlives this request: it runs in a context of its own, not the request's (whose
     # thread-sensitive executor, through which the database is reached, ends with the response).
+    # Shielded: a client that leaves mid-request cancels this view, not the call's setup, whose
+    # own paths (a refusal, or a peer that never connects) release what it took.
     start = _start_call(sdp, config, key, api_key, request.GET.get("model_type", DEFAULT_MODEL_TYPE), _client(request))
-    return await asyncio.get_running_loop().create_task(start, context=contextvars.Context())
+    task = asyncio.get_running_loop().create_task(start, context=contextvars.Context())
+    _starting.add(task)
+    task.add_done_callback(_starting.discard)
+    return await asyncio.shield(task)
+
+
+_starting: set[asyncio.Task[HttpResponse]] = set()  # calls being set up (a reference keeps each alive)
 
 
 def _client(request: HttpRequest) -> str:
@@ -270,15 +278,19 @@ async def _start_call(
     pc.addTrack(call.output)
 
     layer = get_channel_layer()
-    channel_name = await layer.new_channel("webrtc.") if layer is not None else ""
-    handshake = Handshake(
-        front=_front(),
-        presented_key=key,
-        model_type=model_type,
-        requested_model=str(config.get("model", ""))[:200],
-        client_address=client,
-    )
-    runtime = await open_session(handshake, call, layer, channel_name, authenticated=api_key)
+    try:
+        channel_name = await layer.new_channel("webrtc.") if layer is not None else ""
+        handshake = Handshake(
+            front=_front(),
+            presented_key=key,
+            model_type=model_type,
+            requested_model=str(config.get("model", ""))[:200],
+            client_address=client,
+        )
+        runtime = await open_session(handshake, call, layer, channel_name, authenticated=api_key)
+    except BaseException:  # admission itself failed (the database, a bug): the peer connection goes
+        await call.finish("admission_failed")
+        raise
     if runtime is None:
         await call.finish("refused")
         return _refusal(call.pending_events())
