@@ -32,7 +32,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,7 +120,6 @@ class BatchedEngine:
         compile: bool,
         seed: int = 0,
         lm_gen_overrides: dict | None = None,
-        on_step: Callable[[float], None] | None = None,
         step_lock: threading.Lock | None = None,
         resize_step: int | None = None,
     ) -> None:
@@ -137,7 +135,6 @@ class BatchedEngine:
         self._vads = [SpeechDetector() for _ in range(batch_size)]
         self._pending_reset = torch.zeros(batch_size, dtype=torch.bool)
         self.stats = EngineStats()
-        self.on_step = on_step  # told each step's duration (metrics); runs on the inference thread
         # Shared by the engines of a SerialPool: one session stepped at a time (the seed's design).
         self.step_lock = step_lock or contextlib.nullcontext()
         self._stop = False
@@ -257,7 +254,7 @@ class BatchedEngine:
                         try:
                             outputs = self._step(batch.inputs, batch.exec_mask, batch.fresh_mask)
                         finally:
-                            self._record_step(time.perf_counter() - started + batch.prep_s)
+                            self.stats.record(time.perf_counter() - started + batch.prep_s)
                 except Exception as exc:  # noqa: BLE001 - one failed step must not kill every session
                     log.exception("model step failed")
                     for slot in batch.owners.values():
@@ -281,11 +278,6 @@ class BatchedEngine:
                     )
                 if batch.on_tick:
                     next_tick = max(next_tick + self.tick_s, done - self.tick_s)
-
-    def _record_step(self, seconds: float) -> None:
-        self.stats.record(seconds)
-        if self.on_step is not None:
-            self.on_step(seconds)
 
     def _collect(self, next_tick: float) -> _Batch | None:
         """Wait for the tick and gather one frame per ready slot; None when stopping.

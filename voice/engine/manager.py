@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +40,6 @@ class ManagerConfig:
     # The batched state grows and shrinks in steps of this many rows; None: 8 on the CPU, a fixed
     # full-width state on CUDA (see BatchedEngine).
     resize_step: int | None = None
-    # Told (model type, seconds) after each model step, on the inference thread: the metrics.
-    on_step: Callable[[str, float], None] | None = None
 
 
 class ModelManager:
@@ -80,7 +76,6 @@ class ModelManager:
                 "inbox_frames": self.config.inbox_frames,
                 "compile": compile_models,
                 "seed": self.config.seed,
-                "on_step": functools.partial(self.config.on_step, model_type) if self.config.on_step else None,
             }
             engine: BatchedEngine | SerialPool
             if self.config.engine == "serial":
