@@ -50,11 +50,11 @@ def split(data: bytes) -> tuple[bytes, bytes]:
 
 def test_an_output_crosses_the_wire_unchanged() -> None:
     pcm, heard = frame(1), frame(2)
-    sent = wire.Output("  café", pcm, [0.25, 0.5, 0.75], True, 0.012, 123.5, heard, done=41, forced=True, forced_left=7)
-    kind, payload = split(wire.encode_output(sent))
+    sent = FrameOutput("  café", pcm, [0.25, 0.5, 0.75], True, 0.012, heard, 123.5, forced=True, forced_left=7)
+    kind, payload = split(wire.encode_output(sent, done=41))
     assert kind == wire.OUTPUT
-    received = wire.decode_output(payload)
-    assert (received.text, received.speech, received.client_audio, received.done) == (
+    received, done = wire.decode_output(payload)
+    assert (received.text, received.speech, received.client_audio, done) == (
         "  café",
         [0.25, 0.5, 0.75],
         True,
@@ -63,9 +63,11 @@ def test_an_output_crosses_the_wire_unchanged() -> None:
     assert (received.latency_s, received.ready_at, received.forced, received.forced_left) == (0.012, 123.5, True, 7)
     np.testing.assert_array_equal(received.pcm, pcm)
     np.testing.assert_array_equal(received.heard, heard)
-    silent = wire.decode_output(split(wire.encode_output(wire.Output(None, None, [], False, 0.0, 0.0, None, 0)))[1])
+    silence = FrameOutput(None, pcm, [], False, 0.0, heard)  # silence the server fed: no input to record
+    assert wire.decode_output(split(wire.encode_output(silence, 0))[1])[0].heard is None
+    silent = wire.decode_output(split(wire.encode_output(FrameOutput(None, None, [], False, 0.0), 0))[1])[0]
     assert (silent.text, silent.pcm, silent.heard, silent.speech, silent.client_audio) == (None, None, None, [], False)
-    empty = wire.decode_output(split(wire.encode_output(wire.Output("", None, [], False, 0.0, 0.0, None, 0)))[1])
+    empty = wire.decode_output(split(wire.encode_output(FrameOutput("", None, [], False, 0.0), 0))[1])[0]
     assert empty.text == ""  # a forced piece may be empty: not the same as no text
 
 
@@ -97,7 +99,7 @@ def test_frames_flags_and_json_cross_the_wire() -> None:
         lambda: wire.parse_json(b"[1]"),
         lambda: wire.parse_json(b"\xff"),
         lambda: wire.decode_output(b"\x01"),
-        lambda: wire.decode_output(wire.encode_output(wire.Output("a", None, [], False, 0, 0, None, 0))[5:] + b"x"),
+        lambda: wire.decode_output(wire.encode_output(FrameOutput("a", None, [], False, 0.0), 0)[5:] + b"x"),
     ],
 )
 def test_a_broken_message_is_a_wire_error(broken) -> None:

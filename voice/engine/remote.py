@@ -108,21 +108,9 @@ class RemoteSlot:
             while True:
                 kind, payload = await wire.read_message(self._reader)
                 if kind == wire.OUTPUT:
-                    output = wire.decode_output(payload)
-                    self._done = max(self._done, output.done)
-                    self._deliver(
-                        FrameOutput(
-                            text=output.text,
-                            pcm=output.pcm,
-                            speech=output.speech,
-                            client_audio=output.client_audio,
-                            latency_s=output.latency_s,
-                            heard=output.heard,
-                            ready_at=output.ready_at,
-                            forced=output.forced,
-                            forced_left=output.forced_left,
-                        )
-                    )
+                    output, done = wire.decode_output(payload)
+                    self._done = max(self._done, done)
+                    self._deliver(output)
                 elif kind == wire.FAILURE:
                     done, text = wire.parse_failure(payload)
                     self._done = max(self._done, done)

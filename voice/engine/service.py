@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import wire
 from .manager import ModelManager
-from .slots import EngineFailure, FrameOutput, Slot
+from .slots import EngineFailure, Slot
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +147,5 @@ class EngineService:
                 if isinstance(item, EngineFailure):
                     writer.write(wire.failure_message(slot.done, item.message))
                 else:
-                    writer.write(wire.encode_output(to_wire(item, slot.done)))
+                    writer.write(wire.encode_output(item, slot.done))
                 await writer.drain()
-
-
-def to_wire(item: FrameOutput, done: int) -> wire.Output:
-    return wire.Output(
-        text=item.text,
-        pcm=item.pcm,
-        speech=item.speech,
-        client_audio=item.client_audio,
-        latency_s=item.latency_s,
-        ready_at=item.ready_at,
-        heard=item.heard if item.client_audio else None,
-        done=done,
-        forced=item.forced,
-        forced_left=item.forced_left,
-    )

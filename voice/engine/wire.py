@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .slots import FRAME_SAMPLES
+from .slots import FRAME_SAMPLES, FrameOutput
 
 # Worker -> engine
 QUERY = b"Q"  # JSON {}: answered by STATUS; the connection may ask again or close
@@ -119,47 +118,34 @@ def parse_flag(payload: bytes) -> bool:
     return payload == b"\x01"
 
 
-@dataclass
-class Output:
-    """One FrameOutput as it crosses the socket, plus ``done``: how many of the session's client
-    frames the engine has finished with (stepped or refused), so that the worker knows how many
-    are still queued there without a message per frame."""
-
-    text: str | None
-    pcm: np.ndarray | None
-    speech: list[float]
-    client_audio: bool
-    latency_s: float
-    ready_at: float
-    heard: np.ndarray | None
-    done: int
-    forced: bool = False
-    forced_left: int = 0
-
-
-def encode_output(output: Output) -> bytes:
+def encode_output(output: FrameOutput, done: int) -> bytes:
+    """One FrameOutput, plus ``done``: how many of the session's client frames the engine has
+    finished with (stepped or refused), so that the worker knows how many still wait there without
+    a message per frame. What the model heard goes only with client audio (for recordings)."""
+    heard = output.heard if output.client_audio else None
     text = (output.text or "").encode()
     flags = (
         (_CLIENT_AUDIO if output.client_audio else 0)
         | (_HAS_PCM if output.pcm is not None else 0)
-        | (_HAS_HEARD if output.heard is not None else 0)
+        | (_HAS_HEARD if heard is not None else 0)
         | (_FORCED if output.forced else 0)
         | (_HAS_TEXT if output.text is not None else 0)
     )
     parts = [
         _OUTPUT_HEAD.pack(
-            flags, output.latency_s, output.ready_at, output.done, output.forced_left, len(text), len(output.speech)
+            flags, output.latency_s, output.ready_at, done, output.forced_left, len(text), len(output.speech)
         ),
         text,
         np.asarray(output.speech, dtype=np.float32).tobytes(),
     ]
-    for samples in (output.pcm, output.heard):
+    for samples in (output.pcm, heard):
         if samples is not None:
             parts.append(np.ascontiguousarray(samples, dtype=np.float32).tobytes())
     return message(OUTPUT, b"".join(parts))
 
 
-def decode_output(payload: bytes) -> Output:
+def decode_output(payload: bytes) -> tuple[FrameOutput, int]:
+    """The FrameOutput and the frames done (see encode_output)."""
     try:
         flags, latency_s, ready_at, done, forced_left, text_bytes, speech_count = _OUTPUT_HEAD.unpack_from(payload)
         offset = _OUTPUT_HEAD.size
@@ -178,18 +164,18 @@ def decode_output(payload: bytes) -> Output:
         raise WireError(f"bad output: {exc}") from None
     if offset != len(payload):
         raise WireError("trailing bytes after an output")
-    return Output(
-        text,
-        arrays[0],
-        speech,
-        bool(flags & _CLIENT_AUDIO),
-        latency_s,
-        ready_at,
-        arrays[1],
-        done,
-        bool(flags & _FORCED),
-        forced_left,
+    output = FrameOutput(
+        text=text,
+        pcm=arrays[0],
+        speech=speech,
+        client_audio=bool(flags & _CLIENT_AUDIO),
+        latency_s=latency_s,
+        heard=arrays[1],
+        ready_at=ready_at,
+        forced=bool(flags & _FORCED),
+        forced_left=forced_left,
     )
+    return output, done
 
 
 async def read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
