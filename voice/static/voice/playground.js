@@ -557,28 +557,35 @@
     }
   }
 
-  function realtimeWebSocket() {
-    const socket = new WebSocket(socketUrl(page.realtimePath, `?model=${REALTIME_MODEL}`), subprotocols());
+  // A JSON-events WebSocket (Realtime or Live): events out (appends logged by type only), events in
+  // to `handle`, and the page told when it fails or closes. `stop` is the protocol's own.
+  function socketConnection(socket, kind, appendType, handle, stop) {
     const conn = {
-      kind: "realtime-ws",
+      kind,
       ready: false,
       send(event) {
         if (socket.readyState !== WebSocket.OPEN) return;
-        if (event.type !== "input_audio_buffer.append") logEvent("sent", event);
+        if (event.type !== appendType) logEvent("sent", event);
         else logEvent("sent", { type: event.type });
         socket.send(JSON.stringify(event));
       },
       sendAudio(base64) {
-        this.send({ type: "input_audio_buffer.append", audio: base64 });
+        this.send({ type: appendType, audio: base64 });
       },
-      stop() {
-        socket.close(1000);
-      },
+      stop,
     };
-    socket.onopen = () => setStatus("connected", "connected, waiting for the session…");
-    socket.onmessage = (message) => handleRealtimeEvent(conn, JSON.parse(message.data));
+    socket.onmessage = (message) => handle(conn, JSON.parse(message.data));
     socket.onerror = () => showError("The WebSocket failed (see the event log and the server's log).");
     socket.onclose = (event) => ended(conn, describeClose(event));
+    return conn;
+  }
+
+  function realtimeWebSocket() {
+    const socket = new WebSocket(socketUrl(page.realtimePath, `?model=${REALTIME_MODEL}`), subprotocols());
+    const conn = socketConnection(socket, "realtime-ws", "input_audio_buffer.append", handleRealtimeEvent, () =>
+      socket.close(1000),
+    );
+    socket.onopen = () => setStatus("connected", "connected, waiting for the session…");
     return conn;
   }
 
@@ -699,36 +706,20 @@
 
   function liveWebSocket() {
     const socket = new WebSocket(socketUrl(page.livePath, ""), subprotocols());
-    const conn = {
-      kind: "live-ws",
-      ready: false,
-      send(event) {
-        if (socket.readyState !== WebSocket.OPEN) return;
-        if (event.type !== "session.input_audio.append") logEvent("sent", event);
-        else logEvent("sent", { type: event.type });
-        socket.send(JSON.stringify(event));
-      },
-      sendAudio(base64) {
-        this.send({ type: "session.input_audio.append", audio: base64 });
-      },
-      stop() {
-        // session.close first: the server answers session.closed and closes with 1000.
-        if (socket.readyState !== WebSocket.OPEN) return;
-        if (this.ready) {
-          this.send({ type: "session.close" });
-          setTimeout(() => socket.readyState === WebSocket.OPEN && socket.close(1000), 3000);
-        } else {
-          socket.close(1000);
-        }
-      },
-    };
+    const conn = socketConnection(socket, "live-ws", "session.input_audio.append", handleLiveEvent, function () {
+      // session.close first: the server answers session.closed and closes with 1000.
+      if (socket.readyState !== WebSocket.OPEN) return;
+      if (this.ready) {
+        this.send({ type: "session.close" });
+        setTimeout(() => socket.readyState === WebSocket.OPEN && socket.close(1000), 3000);
+      } else {
+        socket.close(1000);
+      }
+    });
     socket.onopen = () => {
       setStatus("connected", "connected, starting the Live session…");
       conn.send({ type: "session.start", session: liveSession() });
     };
-    socket.onmessage = (message) => handleLiveEvent(conn, JSON.parse(message.data));
-    socket.onerror = () => showError("The WebSocket failed (see the event log and the server's log).");
-    socket.onclose = (event) => ended(conn, describeClose(event));
     return conn;
   }
 
