@@ -23,10 +23,9 @@ from .asr import TranscriptionBackend, TranscriptionError
 from .protocol.audio import SAMPLE_RATE
 from .protocol.effects import TranscriptionRequest
 from .protocol.records import TranscriptionOutcome
+from .retries import ms_since, with_retries
 
 log = logging.getLogger(__name__)
-
-BACKOFF_S = 0.5
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:
@@ -97,27 +96,26 @@ class SessionTranscriber:
     async def _transcribe(self, request: TranscriptionRequest) -> TranscriptionOutcome:
         wav = wav_bytes(request.audio)
         started = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                result = await self.backend.transcribe(
-                    wav, model=request.model, language=request.language, prompt=request.prompt, timeout=self.timeout
-                )
-            except TranscriptionError as exc:
-                if exc.retryable and attempt < self.retries:
-                    attempt += 1
-                    await asyncio.sleep(BACKOFF_S * 2 ** (attempt - 1))
-                    continue
-                log.warning("transcription of %s failed after %d attempt(s): %s", request.item_id, attempt + 1, exc)
-                return self._failure(request, _ms_since(started), exc.code, exc.message)
-            return TranscriptionOutcome(
-                item_id=request.item_id,
-                text=result.text,
-                model=getattr(self.backend, "default_model", "") or request.model,
-                language=result.language,
-                latency_ms=_ms_since(started),
-                audio_seconds=request.audio.size / SAMPLE_RATE,
-            )
+        result, error, attempts = await with_retries(
+            lambda: self.backend.transcribe(
+                wav, model=request.model, language=request.language, prompt=request.prompt, timeout=self.timeout
+            ),
+            retries=self.retries,
+            catch=TranscriptionError,
+            retryable=lambda exc: exc.retryable,
+        )
+        if result is None:
+            assert error is not None
+            log.warning("transcription of %s failed after %d attempt(s): %s", request.item_id, attempts, error)
+            return self._failure(request, ms_since(started), error.code, error.message)
+        return TranscriptionOutcome(
+            item_id=request.item_id,
+            text=result.text,
+            model=getattr(self.backend, "default_model", "") or request.model,
+            language=result.language,
+            latency_ms=ms_since(started),
+            audio_seconds=request.audio.size / SAMPLE_RATE,
+        )
 
     def _failure(self, request: TranscriptionRequest, latency_ms: int, code: str, message: str) -> TranscriptionOutcome:
         return TranscriptionOutcome(
@@ -130,10 +128,6 @@ class SessionTranscriber:
             error=message,
             error_code=code,
         )
-
-
-def _ms_since(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
 
 
 async def _value(outcome: TranscriptionOutcome) -> TranscriptionOutcome:

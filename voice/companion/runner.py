@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 
 from voice.protocol.companion import CompanionOutcome, CompanionRequest
 
+from ..retries import ms_since, with_retries
 from .backends import CompanionBackend, CompanionError, CompanionReply
 
 log = logging.getLogger(__name__)
 
-BACKOFF_S = 0.5
 
 COMPANION_TIMEOUT = "companion_timeout"  # no (whole) answer within the timeout, after the retries
 COMPANION_ERROR = "companion_error"  # an HTTP error (its status in the message), unreachable, or an unusable answer
@@ -149,22 +149,22 @@ class SessionCompanion:
 
     async def _call(self, request: CompanionRequest) -> CompanionOutcome:
         started = time.monotonic()
-        attempt = 0
-        while True:
+
+        async def attempt() -> CompanionReply:
             try:
-                reply = await asyncio.wait_for(self.backend.complete(request, timeout=self.timeout), self.timeout)
+                return await asyncio.wait_for(self.backend.complete(request, timeout=self.timeout), self.timeout)
             except Exception as exc:  # noqa: BLE001 - every failure is an outcome, never the caller's exception
-                error = _as_error(exc, self.timeout)
-                if error.retryable and attempt < self.retries:
-                    attempt += 1
-                    await asyncio.sleep(BACKOFF_S * 2 ** (attempt - 1))
-                    continue
-                if error.code != COMPANION_UNAVAILABLE:
-                    log.warning(
-                        "companion request %s failed after %d attempt(s): %s", request.request_id, attempt + 1, error
-                    )
-                return self._failure(request, _ms_since(started), error.code, error.message)
-            return self._outcome(request, reply, _ms_since(started))
+                raise _as_error(exc, self.timeout) from exc
+
+        reply, error, attempts = await with_retries(
+            attempt, retries=self.retries, catch=CompanionError, retryable=lambda exc: exc.retryable
+        )
+        if reply is None:
+            assert error is not None
+            if error.code != COMPANION_UNAVAILABLE:
+                log.warning("companion request %s failed after %d attempt(s): %s", request.request_id, attempts, error)
+            return self._failure(request, ms_since(started), error.code, error.message)
+        return self._outcome(request, reply, ms_since(started))
 
     def _outcome(self, request: CompanionRequest, reply: CompanionReply, latency_ms: int) -> CompanionOutcome:
         return CompanionOutcome(
@@ -195,7 +195,3 @@ def _as_error(exc: BaseException, timeout: float) -> CompanionError:
         return CompanionError(COMPANION_TIMEOUT, f"The companion did not answer within {timeout:g}s.", retryable=True)
     log.error("the companion backend raised %s", type(exc).__name__, exc_info=exc)
     return CompanionError(COMPANION_ERROR, f"The companion failed: {type(exc).__name__}", retryable=False)
-
-
-def _ms_since(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
