@@ -20,6 +20,14 @@ from .live import live_sessions
 from .session import END_SERVER_ERROR, INTERNAL_ERROR_MESSAGE, Handshake, SessionRuntime
 from .transport import CLOSE_AUTH, CLOSE_POLICY, CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN, Transport
 
+# The engine process does not answer (starting, restarting): a refusal the client may retry.
+ENGINE_AWAY = (
+    "model_unavailable",
+    "The model engine is not running (starting or restarting); try again shortly.",
+    CLOSE_TRY_AGAIN,
+    "server_error",
+)
+
 
 async def open_session(
     handshake: Handshake,
@@ -60,12 +68,7 @@ async def open_session(
         return None
     status = await manager.fresh_status()
     if status is None or not status.get("ready"):
-        await refuse(
-            "model_unavailable",
-            "The model engine is not running (starting or restarting); try again shortly.",
-            CLOSE_TRY_AGAIN,
-            "server_error",
-        )
+        await refuse(*ENGINE_AWAY)
         return None
     if handshake.model_type not in status["models"]:
         loaded = ", ".join(sorted(status["models"]))
@@ -90,12 +93,7 @@ async def open_session(
     try:
         slot = await manager.open_slot(handshake.model_type, paced=handshake.front.paced)
     except EngineUnavailable:
-        await refuse(
-            "model_unavailable",
-            "The model engine is not running (starting or restarting); try again shortly.",
-            CLOSE_TRY_AGAIN,
-            "server_error",
-        )
+        await refuse(*ENGINE_AWAY)
         return None
     if slot is None:
         await refuse(
