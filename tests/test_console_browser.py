@@ -24,20 +24,17 @@ from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from voice.testing.live_server import LiveServer
 
+from .chromium import chromium
 from .conftest import TIMEOUT
 from .console_support import CONSOLE_PERMISSIONS, PASSWORD, create_user
 from .helpers import read_pcm16
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = Path("/tmp/console.png")
 STARTUP_TIMEOUT = 6 * TIMEOUT  # migrate + first load of the model on a busy 2-core CPU
 SPEECH = "weather_en_24k.wav"
@@ -63,24 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def browser(server: LiveServer) -> Iterator[WebDriver]:
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).is_file():
-            pytest.fail(f"{path} is missing: `make test` installs Debian's chromium and chromium-driver", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,900",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(TIMEOUT)
+    driver = chromium()
     try:
         yield driver
     except BaseException:

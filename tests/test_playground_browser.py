@@ -38,8 +38,6 @@ from typing import Any
 import numpy as np
 import pytest
 import soxr
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -47,13 +45,12 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from voice.testing.live_server import REPO_ROOT, LiveServer, free_port
 
 from .asr_server import ASRServer
+from .chromium import chromium
 from .conftest import TIMEOUT
 from .console_support import CONSOLE_PERMISSIONS, PASSWORD, create_user
 from .e2e_support import STARTUP_TIMEOUT, query_db
 from .helpers import read_pcm16
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 BROWSER_DIR = REPO_ROOT / "tests" / "browser"
 API_KEY = "rt-playground-browser-key"
 SPEECH = "weather_en_24k.wav"
@@ -129,45 +126,26 @@ def fake_microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def chromium(microphone: Path | None = None) -> WebDriver:
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).is_file():
-            pytest.fail(f"{path} is missing: `make test` installs Debian's chromium and chromium-driver", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        "--autoplay-policy=no-user-gesture-required",
-    ]
-    if microphone is not None:
-        flags += [
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={microphone}",
-            # Chromium's default ICE candidates, as people's browsers send them: with the microphone
-            # granted they are addresses (without it, mDNS .local names that nothing resolves here;
-            # --disable-features=WebRtcHideLocalIpsWithMdns would show the addresses anyway). On a
-            # machine whose only network is loopback (`unshare -n`) Chromium gathers none unless
-            # it may use loopback, which the server then offers too (voice/webrtc/ice.py).
-            "--allow-loopback-in-peer-connection",
-        ]
-    for flag in flags:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(TIMEOUT)
-    return driver
+def browser_with(microphone: Path | None = None) -> WebDriver:
+    """Chromium, with a fake microphone playing ``microphone`` when given."""
+    if microphone is None:
+        return chromium()
+    return chromium(
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}",
+        # Chromium's default ICE candidates, as people's browsers send them: with the microphone
+        # granted they are addresses (without it, mDNS .local names that nothing resolves here;
+        # --disable-features=WebRtcHideLocalIpsWithMdns would show the addresses anyway). On a
+        # machine whose only network is loopback (`unshare -n`) Chromium gathers none unless
+        # it may use loopback, which the server then offers too (voice/webrtc/ice.py).
+        "--allow-loopback-in-peer-connection",
+    )
 
 
 @pytest.fixture
 def browser(server: LiveServer, fake_microphone: Path, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
-    driver = chromium(fake_microphone)
+    driver = browser_with(fake_microphone)
     failed_before = request.session.testsfailed
     try:
         yield driver
@@ -316,7 +294,7 @@ def test_playground_realtime_over_webrtc_seen_on_the_console(server: LiveServer,
     assert call_id, "no call id from the answer's Location"
 
     # A staff member signs in through the admin's login and sees the call on /console/.
-    console = chromium()
+    console = browser_with()
     try:
         console.get(f"{server.http_url}/console/")
         console.find_element(By.ID, "id_username").send_keys("operator")
